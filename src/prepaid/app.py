@@ -1,0 +1,202 @@
+"""``create_app(settings) -> FastAPI``: routers, middleware, error handlers and the background runner."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+from swagger_ui_bundle import swagger_ui_path
+
+from prepaid import __version__, idempotency
+from prepaid.audit.api import router as audit_router
+from prepaid.auth import service as auth_service
+from prepaid.auth.api import router as auth_router
+from prepaid.db import Database, open_database
+from prepaid.deps import SAFE_METHODS, OptionalPrincipal, client_ip, credentials_from
+from prepaid.errors import DomainError
+from prepaid.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
+from prepaid.notify import jobs as notify_jobs
+from prepaid.notify.email import build_mailer
+from prepaid.observability import RequestContextMiddleware, configure_logging, metrics_payload
+from prepaid.ratelimit import RateLimiter
+from prepaid.responses import install_error_handlers
+from prepaid.runner import Job, JobRunner
+from prepaid.settings import Settings
+from prepaid.web.api import router as web_router
+
+WEB_DIR = Path(__file__).parent / "web"
+DOCS_CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'self'; object-src 'none'"
+)
+
+
+async def _limit_by_caller(request: Request, principal: OptionalPrincipal) -> None:
+    """Every ``/v1`` call counts against the read or write limit of its caller (user, key or address)."""
+    who = principal.caller_id if principal is not None else f"ip:{client_ip(request)}"
+    route_class = "read" if request.method in SAFE_METHODS else "write"
+    await request.app.state.rate_limiter.hit(route_class, who)
+
+
+def _caller_resolver(app: FastAPI) -> idempotency.CallerResolver:
+    async def resolve(scope: Any) -> str | None:
+        request = Request(scope)
+        try:
+            async with app.state.db.transaction(write=False) as session:
+                principal = await auth_service.resolve_principal(
+                    session, credentials=credentials_from(request), settings=app.state.settings
+                )
+        except DomainError:
+            return None
+        return principal.caller_id if principal is not None else None
+
+    return resolve
+
+
+def _ops_router() -> APIRouter:
+    router = APIRouter(include_in_schema=True, tags=["operations"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", responses={503: {"description": "The database is not reachable"}})
+    async def readyz(request: Request) -> JSONResponse:
+        db: Database = request.app.state.db
+        try:
+            async with db.transaction(write=False) as session:
+                await session.execute(text("SELECT 1"))
+        except Exception:
+            return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        payload, content_type = metrics_payload()
+        return Response(payload, media_type=content_type)
+
+    @router.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        html = (WEB_DIR / "templates" / "docs.html").read_text()
+        return HTMLResponse(html, headers={"Content-Security-Policy": DOCS_CSP})
+
+    return router
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(json_logs=settings.env == "production")
+    mailer = build_mailer(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = open_database(settings.database_url)
+        app.state.db = db
+        runner = JobRunner(
+            db,
+            settings,
+            [
+                Job("outbox", notify_jobs.delivery_job(mailer)),
+                Job("idempotency_purge", lambda db, _settings: idempotency.purge_expired(db)),
+            ],
+        )
+        app.state.runner = runner
+        if settings.run_jobs:
+            runner.start()
+        try:
+            yield
+        finally:
+            await runner.stop()
+            await db.dispose()
+
+    app = FastAPI(
+        title="prepaid",
+        version=__version__,
+        description="Sell prepaid credits for AI and pay-per-use apps, and spend them safely.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.rate_limiter = RateLimiter(settings)
+    app.state.mailer = mailer
+    install_error_handlers(app)
+
+    v1 = [Depends(_limit_by_caller)]
+    app.include_router(auth_router, dependencies=v1)
+    app.include_router(audit_router, dependencies=v1)
+    app.include_router(_ops_router())
+    app.include_router(web_router)
+    app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
+    app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")
+
+    app.add_middleware(
+        idempotency.IdempotencyMiddleware,
+        database=lambda: app.state.db,
+        caller=_caller_resolver(app),
+        ttl=settings.idempotency_ttl,
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_credentials=False,
+            allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Api-Key", "X-Request-Id"],
+            expose_headers=["X-Request-Id", "Retry-After", "Idempotent-Replayed"],
+        )
+    app.add_middleware(SecurityHeadersMiddleware, https=settings.base_url.startswith("https://"))
+    trusted = frozenset(p.strip() for p in settings.trusted_proxies.split(",") if p.strip())
+    app.add_middleware(RequestContextMiddleware, trusted_proxies=trusted)
+    _document_errors(app)
+    return app
+
+
+def _document_errors(app: FastAPI) -> None:
+    """Validation errors answer 400 in the error format; say so in the OpenAPI document."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["Error"] = {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["type", "code", "message"],
+                    "properties": {
+                        "type": {"type": "string"},
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "param": {"type": ["string", "null"]},
+                    },
+                }
+            },
+        }
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        error_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                responses = operation.get("responses", {})
+                if responses.pop("422", None) is not None or operation.get("parameters") is not None:
+                    responses["400"] = {"description": "Invalid request", **error_ref}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,179 @@
+"""The ``prepaid`` command: serve, migrate, create-admin, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from prepaid.settings import Settings, SettingsError
+
+app = typer.Typer(help="prepaid: sell prepaid credits and spend them safely.", no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except (SettingsError, ValidationError) as error:
+        message = str(error)
+        if isinstance(error, ValidationError):
+            message = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors()
+            )
+        err.print(f"[bold red]Configuration error:[/] {message}")
+        raise typer.Exit(2) from None
+
+
+def _migrate(settings: Settings) -> None:
+    from prepaid.migrate import upgrade
+
+    upgrade(settings.database_url)
+
+
+async def _schema_is_current(settings: Settings) -> tuple[str | None, str | None]:
+    from prepaid.db import create_engine
+    from prepaid.migrate import current_revision, head_revision
+
+    engine = create_engine(settings.database_url)
+    try:
+        return await current_revision(engine), head_revision(settings.database_url)
+    finally:
+        await engine.dispose()
+
+
+def _run_server(settings: Settings, host: str, port: int, workers: int) -> None:
+    import uvicorn
+
+    if workers > 1 and settings.is_sqlite:
+        err.print(
+            "[bold red]SQLite serves one process:[/] --workers must be 1 with a SQLite database. "
+            "Use PostgreSQL (PREPAID_DATABASE_URL=postgresql+asyncpg://...) for several workers."
+        )
+        raise typer.Exit(2)
+    try:
+        current, head = asyncio.run(_schema_is_current(settings))
+    except Exception as error:
+        err.print(f"[bold red]Cannot reach the database:[/] {type(error).__name__}: {error}")
+        raise typer.Exit(2) from None
+    if current != head:
+        err.print(
+            f"[bold red]The database schema is at {current or 'nothing'}, not {head}:[/] "
+            "run `prepaid migrate` first."
+        )
+        raise typer.Exit(2)
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each worker writes its metrics here; /metrics aggregates them.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prepaid-metrics-")
+    console.print(f"prepaid serving on http://{host}:{port} ({settings.env}, {workers} worker(s))")
+    uvicorn.run(
+        "prepaid.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=False,
+        server_header=False,
+        log_level="warning",
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (PostgreSQL only above 1).")] = 1,
+) -> None:
+    """Serve the API and the pages."""
+    _run_server(_settings(), host, port, workers)
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date."""
+    settings = _settings()
+    _migrate(settings)
+    console.print("[green]Database schema is up to date.[/]")
+
+
+@app.command("create-admin")
+def create_admin(
+    email: Annotated[str, typer.Option(help="The admin's email.")],
+    password: Annotated[str | None, typer.Option(help="Generated and printed once when omitted.")] = None,
+) -> None:
+    """Create an admin account (or make an existing account an admin)."""
+    from prepaid.auth.service import normalize_email
+    from prepaid.db import open_database
+    from prepaid.demo import ensure_admin, generate_password
+
+    settings = _settings()
+    if password is not None and len(password) < 10:
+        err.print("[bold red]The password must be at least 10 characters.[/]")
+        raise typer.Exit(2)
+
+    async def run() -> tuple[str, str | None]:
+        db = open_database(settings.database_url)
+        try:
+            async with db.transaction() as session:
+                return await ensure_admin(session, email=normalize_email(email), password=password)
+        finally:
+            await db.dispose()
+
+    chosen = password
+    user_id, printed = asyncio.run(run())
+    if printed is None and chosen is None:
+        # An existing account keeps its password unless one is given; a generated one is set here.
+        chosen = generate_password()
+
+        async def set_password() -> None:
+            db = open_database(settings.database_url)
+            try:
+                async with db.transaction() as session:
+                    await ensure_admin(session, email=normalize_email(email), password=chosen)
+            finally:
+                await db.dispose()
+
+        asyncio.run(set_password())
+        printed = chosen
+    console.print(f"Admin [bold]{normalize_email(email)}[/] ({user_id})")
+    if password is None and printed:
+        console.print(f"Password (shown once): [bold]{printed}[/]")
+
+
+@app.command()
+def demo(port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000) -> None:
+    """Create (or reuse) a SQLite database here, seed demo data, and serve it."""
+    from prepaid.db import open_database
+    from prepaid.demo import seed
+
+    settings = _settings()
+    _migrate(settings)
+
+    async def run() -> list[tuple[str, str, str]]:
+        db = open_database(settings.database_url)
+        try:
+            async with db.transaction() as session:
+                return [(a.email, a.password, a.role) for a in await seed(session)]
+        finally:
+            await db.dispose()
+
+    created = asyncio.run(run())
+    for email, password, role in created:
+        console.print(f"Demo {role}: [bold]{email}[/]  password (shown once): [bold]{password}[/]")
+    if not created:
+        console.print(
+            "Demo accounts already exist (admin@example.com, demo@example.com); their passwords were printed "
+            "when they were created. Set a new one with `prepaid create-admin --email admin@example.com`."
+        )
+    console.print(f"Open http://127.0.0.1:{port}/ (API docs at /docs). Ctrl+C stops the server.")
+    _run_server(settings, "127.0.0.1", port, 1)
+
+
+def main() -> None:
+    app()

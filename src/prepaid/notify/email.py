@@ -1,0 +1,101 @@
+"""Email: Jinja2 templates (HTML and text) and the backends that send them.
+
+Backends: ``smtp`` (aiosmtplib; ``PREPAID_SMTP_URL`` like ``smtp://user:pass@host:587?starttls=true`` or
+``smtps://host:465``), ``console`` (prints the message to standard output: the development default, refused in
+production) and ``memory`` (keeps messages in a list, for tests).
+"""
+
+from __future__ import annotations
+
+import sys
+from email.message import EmailMessage
+from email.utils import make_msgid
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiosmtplib
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from prepaid.settings import Settings
+
+_templates = Environment(
+    loader=PackageLoader("prepaid.notify", "templates"),
+    autoescape=select_autoescape(["html", "svg"]),
+    undefined=StrictUndefined,
+    keep_trailing_newline=True,
+)
+
+
+def render_email(
+    *, template: str, context: dict[str, Any], to: str, sender: str, message_id: str
+) -> EmailMessage:
+    subject = _templates.get_template(f"email/{template}.subject.txt").render(context).strip()
+    text = _templates.get_template(f"email/{template}.txt").render(context)
+    html = _templates.get_template(f"email/{template}.html").render(context)
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = to
+    message["Subject"] = subject
+    # The outbox id names the message, so a receiver can drop a duplicate whatever happens on the way.
+    message["Message-ID"] = make_msgid(idstring=message_id, domain="prepaid")
+    message.set_content(text)
+    message.add_alternative(html, subtype="html")
+    return message
+
+
+class Mailer(Protocol):
+    async def send(self, message: EmailMessage) -> None: ...
+
+
+class SmtpMailer:
+    def __init__(self, url: str, *, timeout: float = 20.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps"):
+            raise ValueError("PREPAID_SMTP_URL must start with smtp:// or smtps://")
+        query = parse_qs(parts.query)
+        self.hostname = parts.hostname or "localhost"
+        self.port = parts.port or (465 if parts.scheme == "smtps" else 25)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.use_tls = parts.scheme == "smtps"
+        self.start_tls = query.get("starttls", ["false"])[0].lower() in ("1", "true", "yes")
+        self.timeout = timeout
+
+    async def send(self, message: EmailMessage) -> None:
+        await aiosmtplib.send(
+            message,
+            hostname=self.hostname,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            use_tls=self.use_tls,
+            start_tls=self.start_tls,
+            timeout=self.timeout,
+        )
+
+
+class ConsoleMailer:
+    """Development only: the email is written to standard output instead of being sent."""
+
+    async def send(self, message: EmailMessage) -> None:
+        sys.stdout.write(f"\n----- email (console backend) -----\n{message.as_string()}\n-----\n")
+        sys.stdout.flush()
+
+
+class MemoryMailer:
+    def __init__(self) -> None:
+        self.outbox: list[EmailMessage] = []
+
+    async def send(self, message: EmailMessage) -> None:
+        self.outbox.append(message)
+
+
+def build_mailer(settings: Settings) -> Mailer:
+    backend = settings.resolved_email_backend
+    if backend == "smtp":
+        if not settings.smtp_url:
+            raise ValueError("PREPAID_EMAIL_BACKEND=smtp needs PREPAID_SMTP_URL")
+        return SmtpMailer(settings.smtp_url)
+    if backend == "memory":
+        return MemoryMailer()
+    return ConsoleMailer()

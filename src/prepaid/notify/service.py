@@ -1,0 +1,28 @@
+"""The outbox: messages written in the caller's transaction and delivered after commit by the runner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from prepaid.db import utcnow
+from prepaid.ids import new_id
+from prepaid.notify.models import OutboxMessage
+
+
+async def enqueue_email(
+    session: AsyncSession, *, to: str, template: str, context: dict[str, Any]
+) -> OutboxMessage:
+    message = OutboxMessage(
+        id=new_id("msg"),
+        channel="email",
+        recipient=to,
+        template=template,
+        payload=context,
+        status="pending",
+        attempts=0,
+        next_attempt_at=utcnow(),
+    )
+    session.add(message)
+    return message

@@ -1,0 +1,51 @@
+"""Rate limits per route class and per caller, on the ``limits`` library.
+
+Counters live in memory (one process) or in Redis when ``PREPAID_REDIS_URL`` is set, so several processes
+share them. A refused request is ``429 rate_limit_error`` with ``Retry-After`` in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from prepaid.errors import RateLimited
+from prepaid.settings import Settings
+
+
+class RateLimiter:
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = settings.rate_limits_enabled
+        self.storage: Storage = (
+            RedisStorage(settings.redis_url.replace("redis://", "async+redis://", 1))
+            if settings.redis_url
+            else MemoryStorage()
+        )
+        self.strategy = MovingWindowRateLimiter(self.storage)
+        self.limits: dict[str, RateLimitItem] = {
+            "login_ip": parse(settings.rate_limit_login_ip),
+            "login_email": parse(settings.rate_limit_login_email),
+            "auth": parse(settings.rate_limit_auth),
+            "read": parse(settings.rate_limit_read),
+            "write": parse(settings.rate_limit_write),
+        }
+
+    def configure(self, route_class: str, limit: str) -> None:
+        """Later domains register their own classes (for example order creation)."""
+        self.limits[route_class] = parse(limit)
+
+    async def hit(self, route_class: str, who: str) -> None:
+        if not self.enabled:
+            return
+        item = self.limits[route_class]
+        if await self.strategy.hit(item, route_class, who):
+            return
+        reset_at, _remaining = await self.strategy.get_window_stats(item, route_class, who)
+        raise RateLimited(retry_after=max(1, math.ceil(reset_at - time.time())))
+
+    async def reset(self) -> None:
+        await self.storage.reset()

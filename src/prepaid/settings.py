@@ -1,0 +1,102 @@
+"""Settings, read only from the environment (``PREPAID_*``) or a ``.env`` file."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me"  # refused in production
+KNOWN_WEAK_SECRETS = frozenset({"", DEV_SECRET_KEY, "secret", "changeme", "change-me", "password"})
+MIN_SECRET_LENGTH = 32
+KNOWN_GATEWAYS = ("sandbox", "razorpay", "stripe")
+
+
+class SettingsError(ValueError):
+    """A configuration the server refuses to start with."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PREPAID_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    env: Literal["development", "production"] = "development"
+    database_url: str = "sqlite+aiosqlite:///prepaid.db"
+    secret_key: str = DEV_SECRET_KEY
+    base_url: str = "http://127.0.0.1:8000"
+    gateways: str = "sandbox"
+
+    redis_url: str | None = None
+    smtp_url: str | None = None
+    email_from: str = "prepaid <no-reply@localhost>"
+    email_backend: Literal["auto", "smtp", "console", "memory"] = "auto"
+
+    cors_origins: str = ""
+    require_email_verification: bool = False
+    report_tz: str = "UTC"
+
+    access_token_ttl: int = Field(default=15 * 60, ge=60)
+    refresh_token_ttl: int = Field(default=30 * 24 * 3600, ge=3600)
+    web_session_ttl: int = Field(default=7 * 24 * 3600, ge=600)
+    password_reset_ttl: int = Field(default=3600, ge=300)
+    email_verification_ttl: int = Field(default=3 * 24 * 3600, ge=600)
+    idempotency_ttl: int = Field(default=24 * 3600, ge=60)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    rate_limits_enabled: bool = True
+    rate_limit_login_ip: str = "30/minute"
+    rate_limit_login_email: str = "10/15minute"
+    rate_limit_auth: str = "20/minute"
+    rate_limit_read: str = "1200/minute"
+    rate_limit_write: str = "300/minute"
+
+    run_jobs: bool = True
+    job_interval: float = Field(default=2.0, gt=0)
+    trusted_proxies: str = ""
+
+    @field_validator("gateways")
+    @classmethod
+    def _known_gateways(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in KNOWN_GATEWAYS]
+        if unknown:
+            raise ValueError(f"unknown gateway(s): {', '.join(unknown)}; known: {', '.join(KNOWN_GATEWAYS)}")
+        if not names:
+            raise ValueError("at least one gateway must be enabled")
+        return ",".join(names)
+
+    @model_validator(mode="after")
+    def _production_is_safe(self) -> Settings:
+        if self.env != "production":
+            return self
+        if self.secret_key in KNOWN_WEAK_SECRETS or len(self.secret_key) < MIN_SECRET_LENGTH:
+            raise SettingsError(
+                f"PREPAID_SECRET_KEY must be set to a random value of at least {MIN_SECRET_LENGTH} "
+                "characters in production (try: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        if "sandbox" in self.gateway_names:
+            raise SettingsError("the sandbox gateway cannot be enabled in production (PREPAID_GATEWAYS)")
+        if self.resolved_email_backend == "console":
+            raise SettingsError("production needs a real mail server: set PREPAID_SMTP_URL")
+        return self
+
+    @cached_property
+    def gateway_names(self) -> tuple[str, ...]:
+        return tuple(self.gateways.split(","))
+
+    @cached_property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def resolved_email_backend(self) -> str:
+        if self.email_backend != "auto":
+            return self.email_backend
+        return "smtp" if self.smtp_url else "console"
