@@ -1,0 +1,175 @@
+"""Fixtures shared by every test.
+
+Databases: the money paths run on both engines. SQLite always runs (a migrated template file copied per
+test). PostgreSQL runs when ``PREPAID_TEST_DATABASE_URL`` points at a server: a fresh database is created for
+the test session, migrated once, and emptied between tests. Without it those tests are skipped with the
+reason printed; with ``PREPAID_REQUIRE_ALL=1`` (CI) a missing PostgreSQL or Chromium fails instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from prepaid.app import create_app
+from prepaid.db import Base, Database, create_engine, open_database
+from prepaid.migrate import upgrade
+from prepaid.models import load_all_models
+from prepaid.settings import Settings
+
+REQUIRE_ALL = os.environ.get("PREPAID_REQUIRE_ALL") == "1"
+PG_URL = os.environ.get("PREPAID_TEST_DATABASE_URL", "")
+T = TypeVar("T")
+OUTPUT_DIR = Path(os.environ.get("PREPAID_TEST_OUTPUT", Path(__file__).parent.parent / "test-output"))
+
+
+def run_blocking(function: Callable[[], T]) -> T:
+    """Run set-up code that starts its own event loop (Alembic, asyncio.run) from inside a running one."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(function).result()
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with the reason, or fail when the run requires everything (CI)."""
+    if REQUIRE_ALL:
+        pytest.fail(f"PREPAID_REQUIRE_ALL=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+async def _pg_reachable(url: str) -> str | None:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        return None
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database of its own for this test session, created, migrated, and dropped at the end."""
+    if not PG_URL:
+        skip_or_fail(
+            "PostgreSQL tests need PREPAID_TEST_DATABASE_URL (e.g. postgresql+asyncpg://postgres@127.0.0.1/test)"
+        )
+    problem = run_blocking(lambda: asyncio.run(_pg_reachable(PG_URL)))
+    if problem:
+        skip_or_fail(f"PostgreSQL at PREPAID_TEST_DATABASE_URL is not reachable ({problem})")
+    name = f"prepaid_test_{os.getpid()}_{secrets.token_hex(3)}"
+    admin_url = PG_URL
+
+    async def admin(sql: str) -> None:
+        engine = create_engine(admin_url)
+        try:
+            async with engine.connect() as connection:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                await connection.execute(text(sql))
+        finally:
+            await engine.dispose()
+
+    run_blocking(lambda: asyncio.run(admin(f'CREATE DATABASE "{name}"')))
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    run_blocking(lambda: upgrade(url))
+    yield url
+    run_blocking(lambda: asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')))
+
+
+async def _truncate_all(url: str) -> None:
+    load_all_models()
+    tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def database_url(
+    engine_name: str, request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+) -> AsyncIterator[str]:
+    if engine_name == "sqlite":
+        path = tmp_path / "prepaid.db"
+        shutil.copy(sqlite_template, path)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    url: str = request.getfixturevalue("postgres_url")
+    await _truncate_all(url)
+    yield url
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    """Override in a test module (or with ``@pytest.mark.parametrize``) to change settings."""
+    return {}
+
+
+@pytest.fixture
+def settings(database_url: str, settings_overrides: dict[str, Any]) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "secret_key": secrets.token_urlsafe(48),
+        "base_url": "http://testserver",
+        "run_jobs": False,
+        "email_backend": "memory",
+        "rate_limits_enabled": False,
+        **settings_overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[Any]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+def db(app: Any) -> Database:
+    database: Database = app.state.db
+    return database
+
+
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@pytest.fixture
+def sqlite_only_database(tmp_path: Path, sqlite_template: Path) -> str:
+    path = tmp_path / "prepaid.db"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite+aiosqlite:///{path}"
+
+
+__all__ = ["OUTPUT_DIR", "open_database", "skip_or_fail"]
