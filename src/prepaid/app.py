@@ -21,7 +21,7 @@ from prepaid.auth.api import router as auth_router
 from prepaid.db import Database, open_database
 from prepaid.deps import SAFE_METHODS, OptionalPrincipal, client_ip, credentials_from
 from prepaid.errors import DomainError
-from prepaid.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
+from prepaid.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware, UnhandledErrorMiddleware
 from prepaid.notify import jobs as notify_jobs
 from prepaid.notify.email import build_mailer
 from prepaid.observability import RequestContextMiddleware, configure_logging, metrics_payload
@@ -137,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
     app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")
 
+    app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(
         idempotency.IdempotencyMiddleware,
         database=lambda: app.state.db,
@@ -160,8 +161,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+V1_ERRORS = {
+    "400": "Invalid request",
+    "401": "Missing, invalid or expired credentials",
+    "403": "Not allowed for this caller (role, API key scope, or a cookie call without X-CSRF-Token)",
+    "404": "No such resource, or not one of yours",
+    "409": "Conflict (a request with this Idempotency-Key is still running, or the resource exists)",
+    "413": "The request body is over the size limit",
+    "415": "The request body is not JSON",
+    "429": "Rate limited; see Retry-After",
+}
+
+
+def _v1_error_statuses(method: str, operation: dict[str, Any]) -> list[str]:
+    """What any ``/v1`` call can answer besides its own: every call resolves the caller's credentials (401 when
+    they are bad, 403 for a cookie call without its CSRF token) and counts against a rate limit (429); a POST
+    can reuse or race an Idempotency-Key (400, 409); a body can be too large or not JSON; a path id can name
+    nothing the caller may see."""
+    codes = ["401", "403", "429"]
+    if method == "post":
+        codes += ["400", "409"]
+    if "requestBody" in operation:
+        codes += ["413", "415"]
+    if any(parameter.get("in") == "path" for parameter in operation.get("parameters", [])):
+        codes.append("404")
+    return codes
+
+
 def _document_errors(app: FastAPI) -> None:
-    """Validation errors answer 400 in the error format; say so in the OpenAPI document."""
+    """Validation errors answer 400 in the error format; say so in the OpenAPI document, with the errors every
+    ``/v1`` operation can answer."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -191,11 +220,16 @@ def _document_errors(app: FastAPI) -> None:
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
         error_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-        for path_item in schema.get("paths", {}).values():
-            for operation in path_item.values():
+        for path, path_item in schema.get("paths", {}).items():
+            for method, operation in path_item.items():
                 responses = operation.get("responses", {})
                 if responses.pop("422", None) is not None or operation.get("parameters") is not None:
                     responses["400"] = {"description": "Invalid request", **error_ref}
+                if path.startswith("/v1/"):
+                    for code in _v1_error_statuses(method, operation):
+                        responses.setdefault(code, {"description": V1_ERRORS[code]}).setdefault(
+                            "content", error_ref["content"]
+                        )
         app.openapi_schema = schema
         return schema
 

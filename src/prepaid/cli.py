@@ -24,8 +24,11 @@ def _settings() -> Settings:
     except (SettingsError, ValidationError) as error:
         message = str(error)
         if isinstance(error, ValidationError):
+            # Name the variable to fix (PREPAID_GATEWAYS: ...), without pydantic's "Value error, " prefix.
             message = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors()
+                (f"PREPAID_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "")
+                + str(e["msg"]).removeprefix("Value error, ")
+                for e in error.errors()
             )
         err.print(f"[bold red]Configuration error:[/] {message}")
         raise typer.Exit(2) from None

@@ -41,8 +41,15 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with get_database(request).transaction(write=False) as session:
+        yield session
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 Session = Annotated[AsyncSession, Depends(get_session, scope="function")]
+# A read-only transaction beside the request's own, for slow checks (argon2) that must not hold the write lock.
+ReadSession = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
 
 
 def credentials_from(request: Request) -> auth_service.Credentials:
@@ -143,12 +150,13 @@ def page_params(
 Pagination = Annotated[PageParams, Depends(page_params)]
 
 
-def rate_limit(route_class: str) -> Callable[[Request], Awaitable[None]]:
-    """Counts the request against ``route_class`` for the caller (user, key or address)."""
+def rate_limit(route_class: str, *, per_ip: bool = False) -> Callable[[Request], Awaitable[None]]:
+    """Counts the request against ``route_class`` for the caller (user, key or address); with ``per_ip``, for
+    the client address whatever credential it carries (a token of one's own must not lift a per-IP limit)."""
 
     async def check(request: Request) -> None:
         limiter: RateLimiter = request.app.state.rate_limiter
-        principal = getattr(request.state, "principal", None)
+        principal = None if per_ip else getattr(request.state, "principal", None)
         who = principal.caller_id if principal is not None else f"ip:{client_ip(request)}"
         await limiter.hit(route_class, who)
 

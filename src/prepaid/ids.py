@@ -2,13 +2,14 @@
 
 The body is 26 Crockford base32 characters: 48 bits of milliseconds since the epoch, then 80 random bits
 (the ULID layout). Ids therefore sort by creation time, which cursor pagination relies on. Within one
-millisecond the random part keeps them unique but not ordered; newest-first lists stay stable because they
-order by the id itself.
+millisecond a process keeps them ordered too (ULID's monotonic mode): the random part of the next id is the
+last one plus a random step, so rows made in a burst still list newest first.
 """
 
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -24,11 +25,31 @@ def _encode(value: int, length: int) -> str:
     return "".join(reversed(chars))
 
 
+_RANDOM_LIMIT = 1 << 80
+_lock = threading.Lock()
+_last = (0, 0)  # (milliseconds, random part) of the last id made in this process
+
+
+def _next_parts() -> tuple[int, int]:
+    global _last
+    with _lock:
+        millis = time.time_ns() // 1_000_000
+        last_millis, last_random = _last
+        if millis <= last_millis:  # same millisecond (or the clock stepped back): count up from the last id
+            millis, random = last_millis, last_random + 1 + secrets.randbits(16)
+            if random >= _RANDOM_LIMIT:
+                millis, random = last_millis + 1, secrets.randbits(79)
+        else:
+            random = secrets.randbits(80)
+        _last = (millis, random)
+        return millis, random
+
+
 def new_id(prefix: str) -> str:
     if prefix not in PREFIXES:
         raise ValueError(f"unknown id prefix {prefix!r}")
-    millis = time.time_ns() // 1_000_000
-    return f"{prefix}_{_encode(millis, 10)}{_encode(secrets.randbits(80), 16)}"
+    millis, random = _next_parts()
+    return f"{prefix}_{_encode(millis, 10)}{_encode(random, 16)}"
 
 
 def has_prefix(value: str, prefix: str) -> bool:

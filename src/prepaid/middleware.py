@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request body limits and content type, and the security headers."""
+"""Pure ASGI middleware: request body limits and content type, the security headers, and unexpected errors."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from prepaid.errors import DomainError, InvalidRequest
+from prepaid.errors import ApiError, DomainError, InvalidRequest
+from prepaid.observability import log
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -72,19 +73,23 @@ class BodyLimitMiddleware:
                 return
 
         received = 0
+        exceeded = False
         response_started = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    exceeded = True
                     raise _BodyTooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal response_started
+            if exceeded and not response_started:
+                return  # the app turned the refused read into its own error; the answer is 413
             if message["type"] == "http.response.start":
                 response_started = True
             await send(message)
@@ -92,8 +97,9 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
-            if not response_started:
-                await send_error(send, too_large)
+            pass
+        if exceeded and not response_started:
+            await send_error(send, too_large)
 
 
 class _BodyTooLarge(Exception):
@@ -128,7 +134,43 @@ class SecurityHeadersMiddleware:
                 ]
                 if self.https or scope.get("scheme") == "https":
                     extra.append((b"strict-transport-security", b"max-age=63072000; includeSubDomains"))
-                message["headers"] = [*message.get("headers", []), *extra]
+                headers = list(message.get("headers", []))
+                # A route that sets its own policy (the /docs page) keeps it: two CSP headers would both apply.
+                present = {name.lower() for name, _value in headers}
+                message["headers"] = headers + [(name, value) for name, value in extra if name not in present]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class UnhandledErrorMiddleware:
+    """Innermost: an unexpected exception becomes ``500 api_error`` here, inside the other middleware.
+
+    Starlette would answer it from its outermost layer, past the request id, the security headers and the
+    request's log context; here the answer carries all three and the log line names the request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except _BodyTooLarge:
+            raise
+        except Exception as error:
+            log.exception("unhandled_error", error_type=type(error).__name__)
+            if response_started:
+                raise
+            await send_error(send, ApiError("Something went wrong on our side; it is logged."))

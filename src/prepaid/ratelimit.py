@@ -21,7 +21,8 @@ class RateLimiter:
     def __init__(self, settings: Settings) -> None:
         self.enabled = settings.rate_limits_enabled
         self.storage: Storage = (
-            RedisStorage(settings.redis_url.replace("redis://", "async+redis://", 1))
+            # redis-py is the client prepaid depends on (limits defaults to coredis, which is not installed)
+            RedisStorage(f"async+{settings.redis_url}", implementation="redispy")
             if settings.redis_url
             else MemoryStorage()
         )

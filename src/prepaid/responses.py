@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prepaid.errors import DomainError, error_body
@@ -45,6 +46,18 @@ def _validation_message(error: dict[str, Any]) -> tuple[str, str]:
     return "invalid_field", str(error.get("msg", "Invalid value."))
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method the path answers to. Starlette's 405 names only the first route matching the path, and
+    ``GET /v1/me`` and ``PATCH /v1/me`` are two routes."""
+    path = request.scope["path"]
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        regex = getattr(route, "path_regex", None)
+        if route.methods and regex is not None and regex.match(path):
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def domain_error(_request: Request, error: DomainError) -> JSONResponse:
@@ -60,14 +73,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("invalid_request_error", code, message, param), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         type_, code = _STATUS_TYPES.get(error.status_code, ("invalid_request_error", "invalid_request"))
         message = error.detail if isinstance(error.detail, str) else "Request failed."
         if error.status_code == 404 and message == "Not Found":
             message = "No such route."
-        return JSONResponse(
-            error_body(type_, code, message), status_code=error.status_code, headers=error.headers
-        )
+        headers = error.headers
+        if error.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        return JSONResponse(error_body(type_, code, message), status_code=error.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def unexpected_error(_request: Request, error: Exception) -> JSONResponse:

@@ -79,7 +79,8 @@ class Settings(BaseSettings):
             )
         if "sandbox" in self.gateway_names:
             raise SettingsError("the sandbox gateway cannot be enabled in production (PREPAID_GATEWAYS)")
-        if self.resolved_email_backend == "console":
+        if self.resolved_email_backend != "smtp" or not self.smtp_url:
+            # console prints and memory keeps emails in a list: either way no reset link would ever arrive
             raise SettingsError("production needs a real mail server: set PREPAID_SMTP_URL")
         return self
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -9,6 +8,7 @@ from prepaid.audit import service
 from prepaid.audit.schemas import AuditLogEntryRead
 from prepaid.deps import Admin, Pagination, Session
 from prepaid.pagination import ListResponse
+from prepaid.schemas import Timestamp
 
 router = APIRouter(prefix="/v1", tags=["audit"])
 Filter = Annotated[str | None, Query(max_length=100)]
@@ -23,8 +23,8 @@ async def list_audit_log(
     action: Filter = None,
     object_type: Filter = None,
     object_id: Filter = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: Timestamp | None = None,
+    created_before: Timestamp | None = None,
 ) -> ListResponse[AuditLogEntryRead]:
     entries = await service.list_entries(
         session,

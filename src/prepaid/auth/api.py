@@ -24,7 +24,7 @@ from prepaid.auth.schemas import (
     UserUpdate,
     VerifyEmailRequest,
 )
-from prepaid.deps import Admin, Pagination, Person, Principal, Session, SettingsDep, rate_limit
+from prepaid.deps import Admin, Pagination, Person, Principal, ReadSession, Session, SettingsDep, rate_limit
 from prepaid.errors import AuthenticationError, InvalidRequest
 from prepaid.pagination import ListResponse
 from prepaid.responses import error_response
@@ -52,12 +52,13 @@ async def register(body: RegisterRequest, session: Session, settings: SettingsDe
     return UserRead.model_validate(user)
 
 
-@router.post("/auth/login", dependencies=[Depends(rate_limit("login_ip"))], tags=["auth"])
+@router.post("/auth/login", dependencies=[Depends(rate_limit("login_ip", per_ip=True))], tags=["auth"])
 async def login(
-    body: LoginRequest, request: Request, session: Session, settings: SettingsDep
+    body: LoginRequest, request: Request, reading: ReadSession, session: Session, settings: SettingsDep
 ) -> TokenResponse:
     await request.app.state.rate_limiter.hit("login_email", service.normalize_email(body.email))
-    user = await service.authenticate(session, email=body.email, password=body.password, settings=settings)
+    # The password is checked in a read transaction: the write lock is taken only to store the tokens.
+    user = await service.authenticate(reading, email=body.email, password=body.password, settings=settings)
     return _tokens(await service.issue_tokens(session, user=user, settings=settings))
 
 
@@ -140,9 +141,16 @@ async def update_me(body: MeUpdate, principal: Person, session: Session) -> User
                 "Give your current password to set a new one.", code="missing_field", param="current_password"
             )
         await service.change_password(
-            session, user=user, current_password=body.current_password, new_password=body.new_password
+            session,
+            user=user,
+            current_password=body.current_password,
+            new_password=body.new_password,
+            keep_web_session=principal.web_session,
         )
-    await service.update_profile(session, user=user, name=body.name, phone=body.phone)
+    clear_phone = "phone" in body.model_fields_set and body.phone is None
+    await service.update_profile(
+        session, user=user, name=body.name, phone=body.phone, clear_phone=clear_phone
+    )
     return UserRead.model_validate(user)
 
 

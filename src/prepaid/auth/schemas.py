@@ -3,11 +3,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import EmailStr, Field
+from pydantic import EmailStr, Field, StrictBool, StringConstraints
 
 from prepaid.schemas import Input, Output
 
-Password = Annotated[str, Field(min_length=10, max_length=256)]
+# Passwords are kept exactly as typed (never trimmed), the same way the web forms take them.
+Password = Annotated[
+    str, StringConstraints(strip_whitespace=False, min_length=10, max_length=256, pattern=r"\S")
+]
+GivenPassword = Annotated[str, StringConstraints(strip_whitespace=False, max_length=256)]
 Name = Annotated[str, Field(max_length=200)]
 Role = Literal["user", "vendor", "admin"]
 Scope = Literal["usage:write", "balance:read", "customers:write", "orders:write", "admin"]
@@ -21,7 +25,7 @@ class RegisterRequest(Input):
 
 class LoginRequest(Input):
     email: EmailStr
-    password: Annotated[str, Field(min_length=1, max_length=256)]
+    password: Annotated[GivenPassword, Field(min_length=1)]
 
 
 class RefreshRequest(Input):
@@ -70,24 +74,24 @@ class UserRead(Output):
 class MeUpdate(Input):
     name: Name | None = None
     phone: Annotated[str, Field(max_length=32, pattern=r"^\+?[0-9 ()-]{4,32}$")] | None = None
-    current_password: Annotated[str, Field(max_length=256)] | None = None
+    current_password: GivenPassword | None = None
     new_password: Password | None = None
 
 
 class DeleteAccountRequest(Input):
-    password: Annotated[str, Field(max_length=256)] | None = None
+    password: GivenPassword | None = None
 
 
 class UserUpdate(Input):
     name: Name | None = None
     roles: Annotated[list[Role], Field(min_length=1, max_length=3)] | None = None
-    active: bool | None = None
+    active: StrictBool | None = None
 
 
 class ApiKeyCreate(Input):
     name: Name = ""
     scopes: Annotated[list[Scope], Field(min_length=1, max_length=5)]
-    server: bool = False
+    server: StrictBool = False
 
 
 class ApiKeyRead(Output):

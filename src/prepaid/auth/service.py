@@ -7,6 +7,7 @@ only as SHA-256 hashes. Passwords use argon2. Access tokens are HS256 JWTs with 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -59,6 +60,15 @@ def verify_password(password_hash: str | None, password: str) -> bool:
         return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
     except (VerificationError, InvalidHashError):
         return False
+
+
+async def hash_password_off_loop(password: str) -> str:
+    """argon2 is slow on purpose: it runs in a thread so the event loop keeps serving other requests."""
+    return await asyncio.to_thread(hash_password, password)
+
+
+async def verify_password_off_loop(password_hash: str | None, password: str) -> bool:
+    return await asyncio.to_thread(verify_password, password_hash, password)
 
 
 def normalize_email(email: str) -> str:
@@ -130,6 +140,8 @@ async def create_user(
     phone: str | None = None,
     email_verified: bool = False,
 ) -> User:
+    # Hashed before the first query: a write transaction holds SQLite's lock from its first statement.
+    password_hash = await hash_password_off_loop(password) if password else None
     normalized = normalize_email(email) if email else None
     if normalized and await get_user_by_email(session, normalized):
         raise Conflict("An account with this email already exists.", code="email_taken", param="email")
@@ -138,7 +150,7 @@ async def create_user(
     user = User(
         id=new_id("usr"),
         email=normalized,
-        password_hash=hash_password(password) if password else None,
+        password_hash=password_hash,
         name=name,
         roles=roles or ["user"],
         external_id=external_id,
@@ -166,7 +178,7 @@ async def register(
 
 async def authenticate(session: AsyncSession, *, email: str, password: str, settings: Settings) -> User:
     user = await get_user_by_email(session, email)
-    ok = verify_password(user.password_hash if user else None, password)
+    ok = await verify_password_off_loop(user.password_hash if user else None, password)
     if user is None or not ok or user.deleted_at is not None:
         raise AuthenticationError("Incorrect email or password.", code="invalid_credentials")
     if not user.active:
@@ -182,23 +194,33 @@ def _user_snapshot(user: User) -> dict[str, Any]:
     return {"name": user.name, "roles": list(user.roles), "active": user.active, "email": user.email}
 
 
-async def update_profile(session: AsyncSession, *, user: User, name: str | None, phone: str | None) -> User:
+async def update_profile(
+    session: AsyncSession, *, user: User, name: str | None, phone: str | None, clear_phone: bool = False
+) -> User:
     if name is not None:
         user.name = name
-    if phone is not None:
+    if phone is not None or clear_phone:
         user.phone = phone
     return user
 
 
 async def change_password(
-    session: AsyncSession, *, user: User, current_password: str, new_password: str
+    session: AsyncSession,
+    *,
+    user: User,
+    current_password: str,
+    new_password: str,
+    keep_web_session: WebSession | None = None,
 ) -> None:
-    if not verify_password(user.password_hash, current_password):
+    """Set a new password and sign out every other login; the browser making the change stays signed in."""
+    if not await verify_password_off_loop(user.password_hash, current_password):
         raise InvalidRequest(
             "The current password is incorrect.", code="invalid_password", param="current_password"
         )
-    user.password_hash = hash_password(new_password)
-    await revoke_all_sessions(session, user_id=user.id)
+    user.password_hash = await hash_password_off_loop(new_password)
+    await revoke_all_sessions(
+        session, user_id=user.id, keep_web_session_id=keep_web_session.id if keep_web_session else None
+    )
 
 
 async def admin_update_user(
@@ -254,7 +276,9 @@ async def list_users(
 
 async def delete_account(session: AsyncSession, *, user: User, password: str | None) -> None:
     """Anonymise the person and keep the ledger: rows stay, personal data goes, access ends."""
-    if user.password_hash is not None and not verify_password(user.password_hash, password or ""):
+    if user.password_hash is not None and not await verify_password_off_loop(
+        user.password_hash, password or ""
+    ):
         raise InvalidRequest("The password is incorrect.", code="invalid_password", param="password")
     await revoke_all_sessions(session, user_id=user.id)
     await session.execute(
@@ -367,18 +391,19 @@ async def logout(session: AsyncSession, *, refresh_token: str) -> None:
         await revoke_family(session, family_id=token.family_id)
 
 
-async def revoke_all_sessions(session: AsyncSession, *, user_id: str) -> None:
+async def revoke_all_sessions(
+    session: AsyncSession, *, user_id: str, keep_web_session_id: str | None = None
+) -> None:
     now = utcnow()
     await session.execute(
         update(RefreshToken)
         .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=now)
     )
-    await session.execute(
-        update(WebSession)
-        .where(WebSession.user_id == user_id, WebSession.revoked_at.is_(None))
-        .values(revoked_at=now)
-    )
+    web_sessions = update(WebSession).where(WebSession.user_id == user_id, WebSession.revoked_at.is_(None))
+    if keep_web_session_id is not None:
+        web_sessions = web_sessions.where(WebSession.id != keep_web_session_id)
+    await session.execute(web_sessions.values(revoked_at=now))
 
 
 # ---------------------------------------------------------------- API keys
@@ -547,7 +572,10 @@ async def _principal_from_api_key(session: AsyncSession, raw: str) -> Principal:
     key = await session.scalar(select(ApiKey).where(ApiKey.prefix == public))
     if key is None or key.revoked_at is not None or not hmac.compare_digest(key.key_hash, sha256_hex(secret)):
         raise invalid
-    return Principal(user=await _active_user(session, key.user_id), api_key=key)
+    user = await _active_user(session, key.user_id)
+    if key.server and not user.is_admin:
+        raise invalid  # server keys act on any customer: only while their owner is an admin
+    return Principal(user=user, api_key=key)
 
 
 # ---------------------------------------------------------------- emailed one-time links
@@ -616,7 +644,9 @@ async def request_password_reset(session: AsyncSession, *, email: str, settings:
 
 async def reset_password(session: AsyncSession, *, token: str, new_password: str) -> User:
     user = await _redeem_one_time_token(session, token=token, purpose=PASSWORD_RESET)
-    user.password_hash = hash_password(new_password)
+    user.password_hash = await hash_password_off_loop(new_password)
+    if user.email_verified_at is None:
+        user.email_verified_at = utcnow()  # the link reached the mailbox, which is what verification proves
     await revoke_all_sessions(session, user_id=user.id)
     return user
 

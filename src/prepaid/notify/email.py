@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from email.message import EmailMessage
-from email.utils import make_msgid
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -36,8 +35,9 @@ def render_email(
     message["From"] = sender
     message["To"] = to
     message["Subject"] = subject
-    # The outbox id names the message, so a receiver can drop a duplicate whatever happens on the way.
-    message["Message-ID"] = make_msgid(idstring=message_id, domain="prepaid")
+    # The outbox id alone names the message (no time or random part, unlike make_msgid), so every send of
+    # one outbox message carries the same Message-ID and a receiver can drop a duplicate.
+    message["Message-ID"] = f"<{message_id}@prepaid>"
     message.set_content(text)
     message.add_alternative(html, subtype="html")
     return message

@@ -19,7 +19,7 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from prepaid.auth import service as auth_service
-from prepaid.deps import SESSION_COOKIE, Session, SettingsDep, credentials_from
+from prepaid.deps import SESSION_COOKIE, ReadSession, Session, SettingsDep, credentials_from
 from prepaid.errors import DomainError
 from prepaid.settings import Settings
 
@@ -115,11 +115,12 @@ async def login_page(
 @router.post("/login")
 async def login_submit(
     request: Request,
+    reading: ReadSession,
     session: Session,
     settings: SettingsDep,
     email: FormText,
     password: FormText,
-    csrf_token: FormText,
+    csrf_token: FormText = "",  # missing is refused like wrong: 403 by _form_csrf_ok, not a 400
     next: FormText = "/account",
 ) -> Response:
     if not _form_csrf_ok(request, csrf_token):
@@ -128,7 +129,8 @@ async def login_submit(
     try:
         await limiter.hit("login_ip", f"ip:{request.scope.get('state', {}).get('client_ip', 'unknown')}")
         await limiter.hit("login_email", auth_service.normalize_email(email))
-        user = await auth_service.authenticate(session, email=email, password=password, settings=settings)
+        # Checked in a read transaction: the write lock is taken only to store the session.
+        user = await auth_service.authenticate(reading, email=email, password=password, settings=settings)
     except DomainError as error:
         return _render(
             request,
@@ -155,7 +157,7 @@ async def login_submit(
 
 @router.post("/logout")
 async def logout_submit(
-    request: Request, session: Session, settings: SettingsDep, csrf_token: FormText
+    request: Request, session: Session, settings: SettingsDep, csrf_token: FormText = ""
 ) -> Response:
     principal = await _signed_in(request, session, settings)
     if principal is None or principal.web_session is None:
@@ -195,7 +197,7 @@ async def reset_password_submit(
     settings: SettingsDep,
     token: FormText,
     password: FormText,
-    csrf_token: FormText,
+    csrf_token: FormText = "",
 ) -> Response:
     if not _form_csrf_ok(request, csrf_token):
         return _refused(request, settings)
@@ -240,7 +242,7 @@ async def verify_email_page(
 
 @router.post("/verify-email")
 async def verify_email_submit(
-    request: Request, session: Session, settings: SettingsDep, token: FormText, csrf_token: FormText
+    request: Request, session: Session, settings: SettingsDep, token: FormText, csrf_token: FormText = ""
 ) -> Response:
     if not _form_csrf_ok(request, csrf_token):
         return _refused(request, settings)

@@ -1,0 +1,370 @@
+"""The authorisation matrix: every ``/v1`` operation, called by every kind of caller, answers as documented.
+
+``MATRIX`` below is the contract, one row per operation in the OpenAPI document and one column per caller:
+
+- ``anon``: no credentials.
+- ``user``: the first user, signed in (bearer access token); the owner of every resource a path id names.
+- ``other``: a second user, signed in, acting on the first user's resources (their API key id, their user id).
+- ``admin``: a signed-in admin.
+- ``key_usage`` / ``key_balance``: the first user's own API keys, holding only ``usage:write`` / ``balance:read``.
+- ``server``: a server key an admin minted with every scope except ``admin``.
+- ``server_admin``: a server key an admin minted with the ``admin`` scope.
+
+A cell is the exact status expected. 401 must be ``authentication_error``, 403 ``permission_error`` (wrong
+role, a missing scope, or an API key on a route for signed-in people only), 404 ``not_found`` (another user's
+resource: its existence is not revealed), and 2xx the route's success answer. Every request carries a valid
+body, so what is tested is who may call, not what they send. Public routes (``/v1/auth/*`` except resending the
+verification email, which is for the signed-in person) answer every caller, the anonymous one included.
+
+A route added later without a row here fails ``test_matrix_covers_every_v1_operation``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from prepaid.app import create_app
+from prepaid.auth import service as auth_service
+from prepaid.db import Database
+from prepaid.notify.models import OutboxMessage
+from prepaid.settings import Settings
+from tests import factories
+from tests.factories import make_api_key, make_user
+
+ROLES = ("anon", "user", "other", "admin", "key_usage", "key_balance", "server", "server_admin")
+
+MATRIX_TABLE = """
+method  path                              anon  user  other  admin  key_usage  key_balance  server  server_admin
+POST    /v1/auth/register                 201   201   201    201    201        201          201     201
+POST    /v1/auth/login                    200   200   200    200    200        200          200     200
+POST    /v1/auth/refresh                  200   200   200    200    200        200          200     200
+POST    /v1/auth/logout                   200   200   200    200    200        200          200     200
+POST    /v1/auth/password_reset           202   202   202    202    202        202          202     202
+POST    /v1/auth/password_reset/confirm   200   200   200    200    200        200          200     200
+POST    /v1/auth/verify_email             200   200   200    200    200        200          200     200
+POST    /v1/auth/verify_email/resend      401   202   202    202    403        403          403     403
+GET     /v1/me                            401   200   200    200    200        200          200     200
+PATCH   /v1/me                            401   200   200    200    403        403          403     403
+POST    /v1/me/delete                     401   200   200    200    403        403          403     403
+GET     /v1/users                         401   403   403    200    403        403          403     200
+GET     /v1/users/{user_id}               401   403   403    200    403        403          403     200
+PATCH   /v1/users/{user_id}               401   403   403    200    403        403          403     200
+POST    /v1/api_keys                      401   201   201    201    403        403          403     403
+GET     /v1/api_keys                      401   200   200    200    403        403          403     403
+DELETE  /v1/api_keys/{key_id}             401   200   404    200    403        403          403     403
+GET     /v1/audit_log                     401   403   403    200    403        403          403     200
+"""
+
+ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found"}
+
+
+def _parse(table: str) -> dict[tuple[str, str], dict[str, int]]:
+    lines = [line.split() for line in table.strip().splitlines()]
+    header, rows = lines[0], lines[1:]
+    assert tuple(header[2:]) == ROLES, "the table's columns must be ROLES, in order"
+    matrix: dict[tuple[str, str], dict[str, int]] = {}
+    for method, path, *cells in rows:
+        assert len(cells) == len(ROLES), f"{method} {path}: one cell per role"
+        assert (method, path) not in matrix, f"{method} {path} appears twice"
+        matrix[(method, path)] = dict(zip(ROLES, (int(cell) for cell in cells), strict=True))
+    return matrix
+
+
+MATRIX = _parse(MATRIX_TABLE)
+
+
+# ---------------------------------------------------------------- the callers
+
+
+@dataclass
+class World:
+    app: Any
+    user: factories.TestUser
+    other: factories.TestUser
+    admin: factories.TestUser
+    keys: dict[str, factories.TestKey]
+    with_password: factories.TestUser | None = None  # made once, on first use: for signing in
+
+    @property
+    def db(self) -> Database:
+        database: Database = self.app.state.db
+        return database
+
+    def caller(self, role: str) -> factories.TestUser | None:
+        """The person a role signs in as (None for the anonymous caller and for keys)."""
+        return {"user": self.user, "other": self.other, "admin": self.admin}.get(role)
+
+    def headers(self, role: str) -> dict[str, str]:
+        if role == "anon":
+            return {}
+        person = self.caller(role)
+        if person is not None:
+            return person.headers
+        return self.keys[role].headers
+
+
+async def make_person(
+    app: Any, *, roles: list[str] | None = None, verified: bool = True
+) -> factories.TestUser:
+    """A signed-in person without a password (as a customer provisioned by an app is): argon2 costs a quarter
+    of a second per hash, and the matrix needs hundreds of callers. Routes that check a password get a
+    person from ``make_user`` instead."""
+    db: Database = app.state.db
+    email = f"person-{secrets.token_hex(4)}@example.com"
+    async with db.transaction() as session:
+        user = await auth_service.create_user(
+            session, email=email, password=None, name="Test User", roles=roles, email_verified=verified
+        )
+        pair = await auth_service.issue_tokens(session, user=user, settings=app.state.settings)
+    return factories.TestUser(user.id, email, "", pair.access_token, pair.refresh_token, list(user.roles))
+
+
+async def make_world(app: Any) -> World:
+    user = await make_person(app)
+    admin = await make_person(app, roles=["user", "admin"])
+    keys = {
+        "key_usage": await make_api_key(app, user, scopes=["usage:write"]),
+        "key_balance": await make_api_key(app, user, scopes=["balance:read"]),
+        "server": await make_api_key(
+            app, admin, scopes=["customers:write", "orders:write", "usage:write", "balance:read"], server=True
+        ),
+        "server_admin": await make_api_key(app, admin, scopes=["admin"], server=True),
+    }
+    return World(app=app, user=user, other=await make_person(app), admin=admin, keys=keys)
+
+
+# ---------------------------------------------------------------- one valid request per operation
+
+
+@dataclass
+class Call:
+    path: str
+    json: dict[str, Any] | None = None
+
+
+Prepare = Callable[[World, str], Awaitable[Call]]
+
+
+async def _fresh_refresh_token(world: World) -> str:
+    async with world.db.transaction() as session:
+        user = await auth_service.get_user(session, world.user.id)
+        pair = await auth_service.issue_tokens(session, user=user, settings=world.app.state.settings)
+    return pair.refresh_token
+
+
+async def _emailed_token(world: World, *, email: str, template: str) -> str:
+    """The token in the link of the newest email of ``template`` sent to ``email`` (through the outbox)."""
+    async with world.db.transaction(write=False) as session:
+        message = await session.scalar(
+            select(OutboxMessage)
+            .where(OutboxMessage.recipient == email, OutboxMessage.template == template)
+            .order_by(OutboxMessage.id.desc())
+            .limit(1)
+        )
+    assert message is not None, f"no {template} email to {email}"
+    found = re.search(r"token=([^&\s]+)", str(message.payload["link"]))
+    assert found is not None
+    return found.group(1)
+
+
+async def _register(world: World, role: str) -> Call:
+    email = f"new-{secrets.token_hex(4)}@example.com"
+    return Call("/v1/auth/register", {"email": email, "password": "a long enough password", "name": "New"})
+
+
+async def _login(world: World, role: str) -> Call:
+    world.with_password = person = world.with_password or await make_user(world.app)
+    return Call("/v1/auth/login", {"email": person.email, "password": person.password})
+
+
+async def _refresh(world: World, role: str) -> Call:
+    return Call("/v1/auth/refresh", {"refresh_token": await _fresh_refresh_token(world)})
+
+
+async def _logout(world: World, role: str) -> Call:
+    return Call("/v1/auth/logout", {"refresh_token": await _fresh_refresh_token(world)})
+
+
+async def _password_reset(world: World, role: str) -> Call:
+    return Call("/v1/auth/password_reset", {"email": world.user.email})
+
+
+async def _password_reset_confirm(world: World, role: str) -> Call:
+    # A throwaway account: confirming a reset signs its owner out everywhere.
+    person = await make_person(world.app)
+    async with world.db.transaction() as session:
+        await auth_service.request_password_reset(
+            session, email=person.email, settings=world.app.state.settings
+        )
+    token = await _emailed_token(world, email=person.email, template="password_reset")
+    return Call("/v1/auth/password_reset/confirm", {"token": token, "password": "a brand new password"})
+
+
+async def _verify_email(world: World, role: str) -> Call:
+    person = await make_person(world.app, verified=False)
+    async with world.db.transaction() as session:
+        user = await auth_service.get_user(session, person.id)
+        await auth_service.send_email_verification(session, user=user, settings=world.app.state.settings)
+    token = await _emailed_token(world, email=person.email, template="verify_email")
+    return Call("/v1/auth/verify_email", {"token": token})
+
+
+async def _verify_email_resend(world: World, role: str) -> Call:
+    return Call("/v1/auth/verify_email/resend")
+
+
+async def _me(world: World, role: str) -> Call:
+    return Call("/v1/me")
+
+
+async def _update_me(world: World, role: str) -> Call:
+    return Call("/v1/me", {"name": "Renamed Myself"})
+
+
+async def _delete_me(world: World, role: str) -> Call:
+    return Call("/v1/me/delete", {})
+
+
+async def _users(world: World, role: str) -> Call:
+    return Call("/v1/users")
+
+
+async def _user(world: World, role: str) -> Call:
+    return Call(f"/v1/users/{world.user.id}")
+
+
+async def _update_user(world: World, role: str) -> Call:
+    return Call(f"/v1/users/{world.user.id}", {"name": "Renamed By Someone"})
+
+
+async def _create_key(world: World, role: str) -> Call:
+    return Call("/v1/api_keys", {"name": "ci", "scopes": ["balance:read"]})
+
+
+async def _list_keys(world: World, role: str) -> Call:
+    return Call("/v1/api_keys")
+
+
+async def _revoke_key(world: World, role: str) -> Call:
+    key = await make_api_key(world.app, world.user, scopes=["balance:read"])
+    return Call(f"/v1/api_keys/{key.id}")
+
+
+async def _audit_log(world: World, role: str) -> Call:
+    return Call("/v1/audit_log")
+
+
+REQUESTS: dict[tuple[str, str], Prepare] = {
+    ("POST", "/v1/auth/register"): _register,
+    ("POST", "/v1/auth/login"): _login,
+    ("POST", "/v1/auth/refresh"): _refresh,
+    ("POST", "/v1/auth/logout"): _logout,
+    ("POST", "/v1/auth/password_reset"): _password_reset,
+    ("POST", "/v1/auth/password_reset/confirm"): _password_reset_confirm,
+    ("POST", "/v1/auth/verify_email"): _verify_email,
+    ("POST", "/v1/auth/verify_email/resend"): _verify_email_resend,
+    ("GET", "/v1/me"): _me,
+    ("PATCH", "/v1/me"): _update_me,
+    ("POST", "/v1/me/delete"): _delete_me,
+    ("GET", "/v1/users"): _users,
+    ("GET", "/v1/users/{user_id}"): _user,
+    ("PATCH", "/v1/users/{user_id}"): _update_user,
+    ("POST", "/v1/api_keys"): _create_key,
+    ("GET", "/v1/api_keys"): _list_keys,
+    ("DELETE", "/v1/api_keys/{key_id}"): _revoke_key,
+    ("GET", "/v1/audit_log"): _audit_log,
+}
+
+# Operations whose success changes the callers themselves (deleting your account ends your keys too): each
+# caller gets a world of its own, so one cell cannot change the answer of the next.
+FRESH_WORLD_PER_CALLER = frozenset({("POST", "/v1/me/delete")})
+
+
+# ---------------------------------------------------------------- the tests
+
+
+def _v1_operations(app: Any) -> set[tuple[str, str]]:
+    paths: dict[str, dict[str, Any]] = app.openapi()["paths"]
+    methods = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+    return {
+        (method.upper(), path)
+        for path, item in paths.items()
+        if path.startswith("/v1/")
+        for method in item
+        if method in methods
+    }
+
+
+def test_matrix_covers_every_v1_operation(tmp_path: Any) -> None:
+    settings = Settings(
+        _env_file=None, database_url=f"sqlite+aiosqlite:///{tmp_path}/unused.db", secret_key="x" * 48
+    )
+    operations = _v1_operations(create_app(settings))
+    assert operations, "the OpenAPI document lists no /v1 operation"
+    missing = sorted(operations - MATRIX.keys())
+    stale = sorted(MATRIX.keys() - operations)
+    assert not missing, f"operations without a row in MATRIX_TABLE: {missing}"
+    assert not stale, f"rows in MATRIX_TABLE for operations that no longer exist: {stale}"
+    assert REQUESTS.keys() == MATRIX.keys(), "every row needs a valid request in REQUESTS"
+
+
+def _check(method: str, path: str, role: str, expected: int, response: httpx.Response) -> str | None:
+    where = f"{method} {path} as {role}"
+    if response.status_code != expected:
+        return f"{where}: expected {expected}, got {response.status_code} {response.text[:300]}"
+    if expected in ERROR_TYPES:
+        error = response.json().get("error", {})
+        if error.get("type") != ERROR_TYPES[expected]:
+            return f"{where}: expected error type {ERROR_TYPES[expected]}, got {response.text[:300]}"
+    return None
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(MATRIX), ids=[f"{m} {p}" for m, p in sorted(MATRIX)])
+async def test_each_caller_gets_the_documented_answer(
+    app: Any, client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    prepare = REQUESTS[(method, path)]
+    shared = None if (method, path) in FRESH_WORLD_PER_CALLER else await make_world(app)
+    failures = []
+    for role in ROLES:
+        world = shared or await make_world(app)
+        call = await prepare(world, role)
+        response = await client.request(method, call.path, json=call.json, headers=world.headers(role))
+        problem = _check(method, path, role, MATRIX[(method, path)][role], response)
+        if problem:
+            failures.append(problem)
+    assert not failures, "\n".join(failures)
+
+
+async def test_another_users_keys_are_not_listed(app: Any, client: httpx.AsyncClient) -> None:
+    world = await make_world(app)
+    own = await client.get("/v1/api_keys", headers=world.user.headers)
+    others = await client.get("/v1/api_keys", headers=world.other.headers)
+    everyone = await client.get("/v1/api_keys", headers=world.admin.headers)
+    user_key_ids = {world.keys["key_usage"].id, world.keys["key_balance"].id}
+    assert {key["id"] for key in own.json()["data"]} == user_key_ids
+    assert others.json()["data"] == []
+    assert user_key_ids | {world.keys["server"].id} <= {key["id"] for key in everyone.json()["data"]}
+
+
+async def test_a_refused_call_changes_nothing(app: Any, client: httpx.AsyncClient) -> None:
+    """403 and 404 are not just answers: the other user's attempt left the key working and the name unchanged."""
+    world = await make_world(app)
+    key = world.keys["key_balance"]
+    refused = await client.delete(f"/v1/api_keys/{key.id}", headers=world.other.headers)
+    assert refused.status_code == 404
+    renamed = await client.patch(
+        f"/v1/users/{world.user.id}", json={"name": "Hijacked"}, headers=world.keys["server"].headers
+    )
+    assert renamed.status_code == 403
+    me = await client.get("/v1/me", headers=key.headers)
+    assert me.status_code == 200
+    assert me.json()["name"] == "Test User"
