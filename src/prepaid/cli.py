@@ -156,6 +156,10 @@ def demo(port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000) -
     from prepaid.demo import seed
 
     settings = _settings()
+    if "base_url" not in settings.model_fields_set:
+        # Emailed links point at this demo's own port; the server process reads its settings from here.
+        os.environ["PREPAID_BASE_URL"] = f"http://127.0.0.1:{port}"
+        settings = _settings()
     _migrate(settings)
 
     async def run() -> list[tuple[str, str, str]]:

@@ -127,8 +127,10 @@ class IdempotencyMiddleware:
         caller = await self.resolve_caller(scope)
         if caller is None:
             # No valid credential: the route answers 401 (or serves an anonymous route scoped by address).
+            # The address is the client's as RequestContextMiddleware resolved it (behind a trusted proxy, the
+            # forwarded one), so anonymous callers behind one proxy do not share a key space.
             client = scope.get("client") or ("unknown", 0)
-            caller = f"anon:{client[0]}"
+            caller = f"anon:{scope.get('state', {}).get('client_ip') or client[0]}"
         request_hash = _request_hash(scope, body)
 
         db = self.database()

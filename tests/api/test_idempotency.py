@@ -398,3 +398,25 @@ async def test_expired_keys_are_purged_and_may_be_used_afresh(
     assert await idempotency.purge_expired(db) == 0
     # the runner carries the purge job
     assert "idempotency_purge" in {job.name for job in app.state.runner.jobs}
+
+
+@pytest.mark.parametrize("settings_overrides", [{"trusted_proxies": "127.0.0.1"}])
+async def test_anonymous_callers_behind_a_proxy_are_scoped_by_their_own_address(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    first = await client.post(
+        "/v1/auth/register", json=REGISTER, headers={**key("signup"), "X-Forwarded-For": "198.51.100.1"}
+    )
+    assert first.status_code == 201
+    # someone else, through the same proxy, with the same key and body: their own request, not her answer
+    other = await client.post(
+        "/v1/auth/register", json=REGISTER, headers={**key("signup"), "X-Forwarded-For": "198.51.100.2"}
+    )
+    assert other.status_code == 409
+    assert "idempotent-replayed" not in other.headers
+    assert REGISTER["email"] not in other.text
+    again = await client.post(
+        "/v1/auth/register", json=REGISTER, headers={**key("signup"), "X-Forwarded-For": "198.51.100.1"}
+    )
+    assert_replayed(first, again)
+    assert {r.caller for r in await records(db, "signup")} == {"anon:198.51.100.1"}

@@ -18,6 +18,7 @@ from prepaid.notify import jobs
 from prepaid.notify.email import MemoryMailer
 from prepaid.notify.models import OutboxMessage
 from prepaid.notify.service import enqueue_email
+from prepaid.runner import Job, JobRunner
 from prepaid.settings import Settings
 from tests.factories import make_user
 
@@ -115,6 +116,27 @@ async def test_after_commit_the_runner_delivers_exactly_once(
     assert stored.sent_at is not None
     assert stored.payload == {}  # the one-time link is not kept once sent
     assert stored.last_error is None
+
+
+@pytest.mark.parametrize("settings_overrides", [{"run_jobs": True, "job_interval": 0.05}])
+async def test_the_runner_started_with_the_app_delivers_on_its_own(app: Any, db: Database) -> None:
+    [message_id] = await enqueue(db)
+    mailer: MemoryMailer = app.state.mailer
+    async with asyncio.timeout(20):  # a bound on the wait, not a timing assertion
+        while (await load(db, message_id)).status != "sent":
+            await asyncio.sleep(0.02)
+    assert sent_ids(mailer) == [message_id]
+
+
+async def test_a_failing_job_does_not_stop_the_others(db: Database, settings: Settings) -> None:
+    async def broken(_db: Database, _settings: Settings) -> int:
+        raise RuntimeError("this job is broken")
+
+    [message_id] = await enqueue(db)
+    mailer = MemoryMailer()
+    runner = JobRunner(db, settings, [Job("broken", broken), Job("outbox", jobs.delivery_job(mailer))])
+    assert await runner.run_once() == {"broken": -1, "outbox": 1}
+    assert sent_ids(mailer) == [message_id]
 
 
 async def test_a_failed_send_backs_off_then_succeeds(app: Any, db: Database, settings: Settings) -> None:

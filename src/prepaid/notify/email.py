@@ -78,7 +78,11 @@ class ConsoleMailer:
     """Development only: the email is written to standard output instead of being sent."""
 
     async def send(self, message: EmailMessage) -> None:
-        sys.stdout.write(f"\n----- email (console backend) -----\n{message.as_string()}\n-----\n")
+        # The text part decoded: as_string() quoted-printable-encodes it, breaking the links a developer copies.
+        body = message.get_body(preferencelist=("plain",))
+        text = body.get_content() if body is not None else message.as_string()
+        headers = "".join(f"{name}: {message[name]}\n" for name in ("From", "To", "Subject"))
+        sys.stdout.write(f"\n----- email (console backend) -----\n{headers}\n{text}\n-----\n")
         sys.stdout.flush()
 
 
