@@ -143,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         database=lambda: app.state.db,
         caller=_caller_resolver(app),
         ttl=settings.idempotency_ttl,
+        secret_key=settings.secret_key,
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origin_list:
@@ -161,6 +162,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+IDEMPOTENCY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Makes a retry safe: the first answer is stored for 24 h and replayed for the same key and body.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
+}
 V1_ERRORS = {
     "400": "Invalid request",
     "401": "Missing, invalid or expired credentials",
@@ -225,6 +233,8 @@ def _document_errors(app: FastAPI) -> None:
                 responses = operation.get("responses", {})
                 if responses.pop("422", None) is not None or operation.get("parameters") is not None:
                     responses["400"] = {"description": "Invalid request", **error_ref}
+                if path.startswith("/v1/") and method == "post":
+                    operation.setdefault("parameters", []).append(IDEMPOTENCY_PARAMETER)
                 if path.startswith("/v1/"):
                     for code in _v1_error_statuses(method, operation):
                         responses.setdefault(code, {"description": V1_ERRORS[code]}).setdefault(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 from typing import Annotated
 
@@ -71,20 +72,26 @@ def _run_server(settings: Settings, host: str, port: int, workers: int) -> None:
             "run `prepaid migrate` first."
         )
         raise typer.Exit(2)
+    metrics_dir = None
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker writes its metrics here; /metrics aggregates them.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prepaid-metrics-")
+        metrics_dir = tempfile.mkdtemp(prefix="prepaid-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     console.print(f"prepaid serving on http://{host}:{port} ({settings.env}, {workers} worker(s))")
-    uvicorn.run(
-        "prepaid.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        proxy_headers=False,
-        server_header=False,
-        log_level="warning",
-    )
+    try:
+        uvicorn.run(
+            "prepaid.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            proxy_headers=False,
+            server_header=False,
+            log_level="warning",
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @app.command()

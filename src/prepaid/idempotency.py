@@ -9,22 +9,30 @@ can never read each other's stored responses. A response is not stored when it i
 limit, or a concurrency conflict: those are worth retrying with the same key. A claim left behind by a
 process that died mid-request is considered abandoned after ``ABANDONED_AFTER`` and may be taken again; the
 money operations behind a route carry their own idempotency keys, so that retry cannot count twice.
+
+Stored answers can hold secrets (a new API key, a token pair), so they are kept encrypted (AES-GCM) under a
+key derived from ``PREPAID_SECRET_KEY`` and the request itself (caller, key and raw body, none of which is
+stored): the database alone, or the secret alone, reads nothing; only a replay of the same request does.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import secrets
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import anyio
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Integer, LargeBinary, String, UniqueConstraint, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from prepaid.db import Base, Database, UTCDateTime, utcnow
+from prepaid.db import Base, Database, JSONType, UTCDateTime, utcnow
 from prepaid.errors import Conflict, DomainError, IdempotencyError, InvalidRequest
 from prepaid.ids import new_id
 
@@ -32,6 +40,8 @@ HEADER = "idempotency-key"
 MAX_KEY_LENGTH = 255
 ABANDONED_AFTER = timedelta(minutes=5)
 NOT_STORED_STATUSES = frozenset({409, 429})
+# Headers a replay must not repeat: they belong to the transport or are re-added by outer middleware.
+NOT_REPLAYED_HEADERS = frozenset({b"content-length", b"date", b"server", b"x-request-id", b"set-cookie"})
 
 
 class IdempotencyRecord(Base):
@@ -44,7 +54,7 @@ class IdempotencyRecord(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="in_progress")
     response_status: Mapped[int | None] = mapped_column(Integer)
-    response_content_type: Mapped[str | None] = mapped_column(String(100))
+    response_headers: Mapped[list[list[str]] | None] = mapped_column(JSONType)
     response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
@@ -77,28 +87,43 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _send_json(
-    send: Send,
-    status: int,
-    body: bytes,
-    extra: list[tuple[bytes, bytes]],
-    content_type: str = "application/json",
-) -> None:
-    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()), *extra]
+async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 async def _send_error(send: Send, error: DomainError) -> None:
     body = json.dumps(error.body()).encode()
-    await _send_json(send, error.status, body, [])
+    await _send(send, error.status, [(b"content-type", b"application/json")], body)
+
+
+def _cipher(secret_key: str, caller: str, key: str, body: bytes) -> AESGCM:
+    material = b"\0".join([b"prepaid-idempotency-v1", caller.encode(), key.encode(), body])
+    return AESGCM(hmac.new(secret_key.encode(), material, hashlib.sha256).digest())
+
+
+def seal(cipher: AESGCM, plaintext: bytes) -> bytes:
+    nonce = secrets.token_bytes(12)
+    return nonce + cipher.encrypt(nonce, plaintext, None)
+
+
+def unseal(cipher: AESGCM, sealed: bytes) -> bytes:
+    return cipher.decrypt(sealed[:12], sealed[12:], None)
 
 
 class IdempotencyMiddleware:
     def __init__(
-        self, app: ASGIApp, *, database: Callable[[], Database], caller: CallerResolver, ttl: int
+        self,
+        app: ASGIApp,
+        *,
+        database: Callable[[], Database],
+        caller: CallerResolver,
+        ttl: int,
+        secret_key: str,
     ) -> None:
         self.app = app
+        self.secret_key = secret_key
         self.database = database
         self.resolve_caller = caller
         self.ttl = timedelta(seconds=ttl)
@@ -132,6 +157,7 @@ class IdempotencyMiddleware:
             client = scope.get("client") or ("unknown", 0)
             caller = f"anon:{scope.get('state', {}).get('client_ip') or client[0]}"
         request_hash = _request_hash(scope, body)
+        cipher = _cipher(self.secret_key, caller, key, body)
 
         db = self.database()
         try:
@@ -140,23 +166,28 @@ class IdempotencyMiddleware:
             await _send_error(send, error)
             return
         if stored is not None:
-            await _send_json(
+            headers = [
+                (name.encode("latin-1"), value.encode("latin-1"))
+                for name, value in stored.response_headers or []
+            ]
+            await _send(
                 send,
                 stored.response_status or 200,
-                stored.response_body or b"",
-                [(b"idempotent-replayed", b"true")],
-                stored.response_content_type or "application/json",
+                [*headers, (b"idempotent-replayed", b"true")],
+                unseal(cipher, stored.response_body or b""),
             )
             return
 
-        captured: dict[str, Any] = {"status": 500, "content_type": None, "body": bytearray()}
+        captured: dict[str, Any] = {"status": 500, "headers": [], "body": bytearray()}
 
         async def capture(message: Message) -> None:
             if message["type"] == "http.response.start":
                 captured["status"] = message["status"]
-                for name, value in message.get("headers", []):
-                    if name.lower() == b"content-type":
-                        captured["content_type"] = value.decode("latin-1")
+                captured["headers"] = [
+                    [name.decode("latin-1"), value.decode("latin-1")]
+                    for name, value in message.get("headers", [])
+                    if name.lower() not in NOT_REPLAYED_HEADERS
+                ]
             elif message["type"] == "http.response.body":
                 captured["body"].extend(message.get("body", b""))
             await send(message)
@@ -164,13 +195,16 @@ class IdempotencyMiddleware:
         try:
             await self.app(scope, replay_receive, capture)
         except BaseException:
-            await self._forget(db, caller, key)
+            with anyio.CancelScope(shield=True):  # a client that hung up must not leave the key claimed
+                await self._forget(db, caller, key)
             raise
         status = int(captured["status"])
-        if status >= 500 or status in NOT_STORED_STATUSES:
-            await self._forget(db, caller, key)
-        else:
-            await self._store(db, caller, key, status, captured["content_type"], bytes(captured["body"]))
+        with anyio.CancelScope(shield=True):
+            if status >= 500 or status in NOT_STORED_STATUSES:
+                await self._forget(db, caller, key)
+            else:
+                sealed = seal(cipher, bytes(captured["body"]))
+                await self._store(db, caller, key, status, captured["headers"], sealed)
 
     async def _claim(
         self, db: Database, caller: str, key: str, request_hash: str
@@ -223,7 +257,7 @@ class IdempotencyMiddleware:
         return None
 
     async def _store(
-        self, db: Database, caller: str, key: str, status: int, content_type: str | None, body: bytes
+        self, db: Database, caller: str, key: str, status: int, headers: list[list[str]], sealed_body: bytes
     ) -> None:
         async with db.transaction() as session:
             record = await session.scalar(
@@ -234,8 +268,8 @@ class IdempotencyMiddleware:
             if record is not None:
                 record.status = "done"
                 record.response_status = status
-                record.response_content_type = content_type
-                record.response_body = body
+                record.response_headers = headers
+                record.response_body = sealed_body
 
     async def _forget(self, db: Database, caller: str, key: str) -> None:
         async with db.transaction() as session:

@@ -47,7 +47,10 @@ def request_context() -> dict[str, str]:
 
 
 def configure_logging(*, json_logs: bool, level: int = logging.INFO) -> None:
-    renderer: Any = structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
+    colors = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=colors)
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

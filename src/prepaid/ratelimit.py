@@ -1,11 +1,13 @@
 """Rate limits per route class and per caller, on the ``limits`` library.
 
 Counters live in memory (one process) or in Redis when ``PREPAID_REDIS_URL`` is set, so several processes
-share them. A refused request is ``429 rate_limit_error`` with ``Retry-After`` in seconds.
+share them. A refused request is ``429 rate_limit_error`` with ``Retry-After`` in seconds. When Redis cannot be
+reached the limiter lets requests through and logs it: a limit is protection, not a reason to go down.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 
@@ -14,6 +16,7 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from prepaid.errors import RateLimited
+from prepaid.observability import log
 from prepaid.settings import Settings
 
 
@@ -43,10 +46,19 @@ class RateLimiter:
         if not self.enabled:
             return
         item = self.limits[route_class]
-        if await self.strategy.hit(item, route_class, who):
+        try:
+            if await self.strategy.hit(item, route_class, who):
+                return
+            reset_at, _remaining = await self.strategy.get_window_stats(item, route_class, who)
+        except Exception as error:
+            log.warning("rate_limit_storage_unavailable", error_type=type(error).__name__)
             return
-        reset_at, _remaining = await self.strategy.get_window_stats(item, route_class, who)
         raise RateLimited(retry_after=max(1, math.ceil(reset_at - time.time())))
+
+    async def hit_email(self, email: str) -> None:
+        """Sign-in and emailed-link attempts per address; the counter key is a hash, not the email itself."""
+        digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()
+        await self.hit("login_email", digest)
 
     async def reset(self) -> None:
         await self.storage.reset()

@@ -228,6 +228,38 @@ async def test_deleting_the_account_anonymises_the_person_and_keeps_the_row(
         assert_error(await refresh(client, token), 401, "authentication_error", "invalid_refresh_token")
 
 
+async def test_deleting_the_account_erases_the_person_from_the_audit_log_and_the_outbox(
+    app: Any, client: httpx.AsyncClient
+) -> None:
+    user = await make_user(app, name="Grace Hopper", email="grace@example.com")
+    admin = await make_user(app, roles=["user", "admin"])
+    changed = await client.patch(
+        f"/v1/users/{user.id}", headers=admin.headers, json={"name": "Grace B. Hopper"}
+    )
+    assert changed.status_code == 200
+    await client.post("/v1/auth/password_reset", json={"email": user.email})  # a message waiting to be sent
+
+    deleted = await client.post("/v1/me/delete", headers=user.headers, json={"password": user.password})
+    assert deleted.status_code == 200, deleted.text
+
+    async with app.state.db.transaction(write=False) as session:
+        audit_rows = (
+            await session.execute(
+                text("SELECT action, before, after FROM audit_log_entry WHERE object_id = :id"),
+                {"id": user.id},
+            )
+        ).all()
+        outbox_rows = (
+            await session.execute(text("SELECT recipient, payload, status FROM notify_outbox"))
+        ).all()
+    assert [row.action for row in audit_rows] == ["user.update"], "the record of the admin's change stays"
+    assert "Grace" not in str(audit_rows) and "grace@" not in str(audit_rows)
+    assert outbox_rows and all("grace" not in str(row) for row in outbox_rows)
+    assert {row.status for row in outbox_rows} == {"cancelled"}, "nothing is sent to an erased address"
+    await app.state.runner.run_once()
+    assert app.state.mailer.outbox == []
+
+
 async def test_a_deleted_accounts_email_can_sign_up_again_as_a_new_person(
     app: Any, client: httpx.AsyncClient
 ) -> None:

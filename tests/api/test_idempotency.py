@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.exceptions import InvalidTag
 from sqlalchemy import func, select, update
 
 from prepaid import idempotency
@@ -76,7 +77,7 @@ async def test_same_key_and_body_replays_the_response_and_registers_once(
     [record] = await records(db, "reg-1")
     assert record.status == "done"
     assert record.response_status == 201
-    assert record.response_body == first.content
+    assert record.response_body is not None and first.content not in record.response_body  # sealed
     assert record.expires_at - record.created_at == timedelta(hours=24)
 
 
@@ -102,6 +103,36 @@ async def test_api_key_creation_replayed_mints_one_key_and_shows_the_same_secret
     assert await count(db, ApiKey) == 1
     listed = await client.get("/v1/api_keys", headers=user.headers)
     assert [k["id"] for k in listed.json()["data"]] == [first.json()["id"]]
+
+
+async def test_stored_answers_are_sealed_so_the_database_holds_no_secret(
+    app: Any, client: httpx.AsyncClient, db: Database
+) -> None:
+    user = await signed_in(app)
+    headers = {**user.headers, **key("sealed-1")}
+    created = await client.post("/v1/api_keys", json=KEY_BODY, headers=headers)
+    assert created.status_code == 201
+    secret = created.json()["secret"].encode()
+    [record] = await records(db, "sealed-1")
+    assert record.response_body is not None and secret not in record.response_body
+    # the seal opens only with the same caller, key and body: another body cannot read it
+    cipher = idempotency._cipher(app.state.settings.secret_key, user.id, "sealed-1", b"{}")
+    with pytest.raises(InvalidTag):
+        idempotency.unseal(cipher, record.response_body)
+
+
+async def test_a_replay_repeats_the_answers_own_headers(client: httpx.AsyncClient) -> None:
+    anonymous = await client.get("/v1/me", headers={"Authorization": "Bearer nonsense"})
+    assert anonymous.status_code == 401
+    first = await client.post(
+        "/v1/api_keys", json=KEY_BODY, headers={"Authorization": "Bearer nonsense", **key("hdr-1")}
+    )
+    again = await client.post(
+        "/v1/api_keys", json=KEY_BODY, headers={"Authorization": "Bearer nonsense", **key("hdr-1")}
+    )
+    assert first.status_code == 401
+    assert_replayed(first, again)
+    assert again.headers["www-authenticate"] == first.headers["www-authenticate"] == "Bearer"
 
 
 async def test_a_client_error_is_stored_and_replayed(client: httpx.AsyncClient, db: Database) -> None:
@@ -255,7 +286,8 @@ async def test_a_claim_left_by_a_dead_process_is_taken_again_after_a_while(
     assert "idempotent-replayed" not in retried.headers
     [record] = await records(db, "crash-1")
     assert record.status == "done"
-    assert record.response_body == retried.content
+    again = await client.post("/v1/api_keys", json=KEY_BODY, headers=headers)
+    assert_replayed(retried, again)
 
 
 # ---------------------------------------------------------------- scope

@@ -51,6 +51,22 @@ async def record(
     return entry
 
 
+async def erase_personal_data(
+    session: AsyncSession, *, object_type: str, object_id: str, fields: tuple[str, ...]
+) -> None:
+    """Blank a deleted person's data in the entries about them; the record of who changed what stays."""
+    entries = await session.scalars(
+        select(AuditLogEntry).where(
+            AuditLogEntry.object_type == object_type, AuditLogEntry.object_id == object_id
+        )
+    )
+    for entry in entries:
+        for side in ("before", "after"):
+            values = getattr(entry, side)
+            if values and any(field in values for field in fields):
+                setattr(entry, side, {k: (None if k in fields else v) for k, v in values.items()})
+
+
 async def list_entries(
     session: AsyncSession,
     *,

@@ -56,7 +56,7 @@ async def register(body: RegisterRequest, session: Session, settings: SettingsDe
 async def login(
     body: LoginRequest, request: Request, reading: ReadSession, session: Session, settings: SettingsDep
 ) -> TokenResponse:
-    await request.app.state.rate_limiter.hit("login_email", service.normalize_email(body.email))
+    await request.app.state.rate_limiter.hit_email(body.email)
     # The password is checked in a read transaction: the write lock is taken only to store the tokens.
     user = await service.authenticate(reading, email=body.email, password=body.password, settings=settings)
     return _tokens(await service.issue_tokens(session, user=user, settings=settings))
@@ -100,7 +100,7 @@ async def logout(body: RefreshRequest, session: Session) -> AcceptedResponse:
 async def request_password_reset(
     body: PasswordResetRequest, request: Request, session: Session, settings: SettingsDep
 ) -> AcceptedResponse:
-    await request.app.state.rate_limiter.hit("login_email", service.normalize_email(body.email))
+    await request.app.state.rate_limiter.hit_email(body.email)
     await service.request_password_reset(session, email=body.email, settings=settings)
     return AcceptedResponse(message="If an account uses this email, a reset link is on its way.")
 
@@ -122,9 +122,15 @@ async def verify_email(body: VerifyEmailRequest, session: Session) -> UserRead:
     dependencies=[Depends(rate_limit("auth"))],
     tags=["auth"],
 )
-async def resend_verification(principal: Person, session: Session, settings: SettingsDep) -> AcceptedResponse:
-    await service.send_email_verification(session, user=principal.user, settings=settings)
-    return AcceptedResponse(message="If your email is not verified yet, a new link is on its way.")
+async def resend_verification(
+    body: PasswordResetRequest, request: Request, session: Session, settings: SettingsDep
+) -> AcceptedResponse:
+    """Public, so that a person who cannot sign in before verifying can still ask for a new link."""
+    await request.app.state.rate_limiter.hit_email(body.email)
+    await service.resend_email_verification(session, email=body.email, settings=settings)
+    return AcceptedResponse(
+        message="If this email has an account that is not verified yet, a new link is on its way."
+    )
 
 
 @router.get("/me", tags=["account"])

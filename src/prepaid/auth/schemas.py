@@ -41,6 +41,8 @@ class TokenResponse(Output):
 
 
 class PasswordResetRequest(Input):
+    """Asks for an emailed link (password reset, or a new verification link)."""
+
     email: EmailStr
 
 

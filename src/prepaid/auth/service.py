@@ -39,6 +39,7 @@ API_KEY_PUBLIC_LENGTH = 12
 ROLES = ("user", "vendor", "admin")
 USER_SCOPES = frozenset({"usage:write", "balance:read"})
 ALL_SCOPES = frozenset({"usage:write", "balance:read", "customers:write", "orders:write", "admin"})
+PERSONAL_FIELDS = ("email", "name", "phone", "external_id")
 PASSWORD_RESET = "password_reset"
 EMAIL_VERIFICATION = "email_verification"
 
@@ -286,6 +287,11 @@ async def delete_account(session: AsyncSession, *, user: User, password: str | N
         .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )
+    await audit_service.erase_personal_data(
+        session, object_type="user", object_id=user.id, fields=PERSONAL_FIELDS
+    )
+    if user.email is not None:
+        await notify_service.forget_recipient(session, recipient=user.email)
     user.email = None
     user.password_hash = None
     user.phone = None
@@ -663,6 +669,13 @@ async def send_email_verification(session: AsyncSession, *, user: User, settings
         template="verify_email",
         context={"name": user.name, "link": f"{settings.base_url.rstrip('/')}/verify-email?token={token}"},
     )
+
+
+async def resend_email_verification(session: AsyncSession, *, email: str, settings: Settings) -> None:
+    """Send a new link when the account exists and is unverified; say nothing either way."""
+    user = await get_user_by_email(session, email)
+    if user is not None and user.active:
+        await send_email_verification(session, user=user, settings=settings)
 
 
 async def verify_email(session: AsyncSession, *, token: str) -> User:

@@ -58,7 +58,11 @@ class SmtpMailer:
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
         self.use_tls = parts.scheme == "smtps"
-        self.start_tls = query.get("starttls", ["false"])[0].lower() in ("1", "true", "yes")
+        # STARTTLS: "true" requires it, "false" never uses it, absent uses it whenever the server offers it.
+        choice = query.get("starttls", [""])[0].lower()
+        self.start_tls: bool | None = (
+            True if choice in ("1", "true", "yes") else False if choice in ("0", "false", "no") else None
+        )
         self.timeout = timeout
 
     async def send(self, message: EmailMessage) -> None:

@@ -87,6 +87,7 @@ async def deliver_due(db: Database, settings: Settings, mailer: Mailer) -> int:
                 sent += 1
             elif row.attempts >= MAX_ATTEMPTS:
                 row.status = "failed"
+                row.payload = {}  # it will not be sent; a one-time link in it must not linger
                 row.last_error = error
                 log.warning("outbox_failed", message_id=row.id, attempts=row.attempts)
             else:

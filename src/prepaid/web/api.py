@@ -17,13 +17,16 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from pydantic import TypeAdapter, ValidationError
 
 from prepaid.auth import service as auth_service
+from prepaid.auth.schemas import Password
 from prepaid.deps import SESSION_COOKIE, ReadSession, Session, SettingsDep, credentials_from
 from prepaid.errors import DomainError
 from prepaid.settings import Settings
 
 router = APIRouter(include_in_schema=False)
+NEW_PASSWORD: TypeAdapter[str] = TypeAdapter(Password)  # the same rule as the API's
 templates = Jinja2Templates(
     env=Environment(
         loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -128,7 +131,7 @@ async def login_submit(
     limiter = request.app.state.rate_limiter
     try:
         await limiter.hit("login_ip", f"ip:{request.scope.get('state', {}).get('client_ip', 'unknown')}")
-        await limiter.hit("login_email", auth_service.normalize_email(email))
+        await limiter.hit_email(email)
         # Checked in a read transaction: the write lock is taken only to store the session.
         user = await auth_service.authenticate(reading, email=email, password=password, settings=settings)
     except DomainError as error:
@@ -201,11 +204,13 @@ async def reset_password_submit(
 ) -> Response:
     if not _form_csrf_ok(request, csrf_token):
         return _refused(request, settings)
-    if len(password) < 10:
+    try:
+        NEW_PASSWORD.validate_python(password)
+    except ValidationError:
         return _render(
             request,
             "reset_password.html",
-            {"token": token, "error": "Choose a password of at least 10 characters."},
+            {"token": token, "error": "Choose a password of 10 to 256 characters, not only spaces."},
             status_code=400,
             settings=settings,
         )

@@ -69,7 +69,9 @@ def upgrade() -> None:
         sa.Column("request_hash", sa.String(length=64), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("response_status", sa.Integer(), nullable=True),
-        sa.Column("response_content_type", sa.String(length=100), nullable=True),
+        sa.Column(
+            "response_headers", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=True
+        ),
         sa.Column("response_body", sa.LargeBinary(), nullable=True),
         sa.Column("created_at", prepaid.db.UTCDateTime(), nullable=False),
         sa.Column("expires_at", prepaid.db.UTCDateTime(), nullable=False),
