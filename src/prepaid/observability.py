@@ -103,31 +103,35 @@ class RequestContextMiddleware:
         token = _request_context.set({"request_id": request_id, "client_ip": client_ip})
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
-        status_holder = {"status": 500}
+        recorded = False
+
+        def record(status: int) -> None:
+            """Counted when the answer starts, so a client that has its answer finds it in /metrics."""
+            nonlocal recorded
+            recorded = True
+            elapsed = time.perf_counter() - started
+            route_path = getattr(scope.get("route"), "path", None) or "unmatched"
+            HTTP_REQUESTS.labels(scope["method"], route_path, str(status)).inc()
+            HTTP_LATENCY.labels(scope["method"], route_path).observe(elapsed)
+            log.info(
+                "request",
+                method=scope["method"],
+                route=route_path,
+                status=status,
+                duration_ms=round(elapsed * 1000, 2),
+            )
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status_holder["status"] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                if scope["type"] == "http":
+                    record(message["status"])
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            if scope["type"] == "http":
-                elapsed = time.perf_counter() - started
-                route = scope.get("route")
-                route_path = getattr(route, "path", None) or "unmatched"
-                status = status_holder["status"]
-                HTTP_REQUESTS.labels(scope["method"], route_path, str(status)).inc()
-                HTTP_LATENCY.labels(scope["method"], route_path).observe(elapsed)
-                log.info(
-                    "request",
-                    method=scope["method"],
-                    route=route_path,
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 2),
-                )
+            if scope["type"] == "http" and not recorded:
+                record(500)
             structlog.contextvars.unbind_contextvars("request_id")
             _request_context.reset(token)

@@ -2,72 +2,16 @@
 
 from __future__ import annotations
 
-import re
-import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 from sqlalchemy import text, update
 
-from prepaid.auth import service as auth_service
 from prepaid.auth.models import User
-from tests import factories
-from tests.factories import make_api_key, make_user
+from tests.factories import make_api_key, make_customer, make_user
+from tests.helpers import assert_error, browser_signed_in, login, refresh
 
 NEW_PASSWORD = "a brand new passphrase"
-
-
-def assert_error(
-    response: httpx.Response, status: int, type_: str, code: str, param: str | None = None
-) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error: dict[str, Any] = response.json()["error"]
-    assert set(error) >= {"type", "code", "message", "param"}
-    assert (error["type"], error["code"], error["param"]) == (type_, code, param), error
-    assert isinstance(error["message"], str) and error["message"]
-    return error
-
-
-async def login(client: httpx.AsyncClient, email: str, password: str) -> httpx.Response:
-    return await client.post("/v1/auth/login", json={"email": email, "password": password})
-
-
-async def refresh(client: httpx.AsyncClient, token: str) -> httpx.Response:
-    return await client.post("/v1/auth/refresh", json={"refresh_token": token})
-
-
-async def make_customer(
-    app: Any, *, email: str | None = None, name: str = "Test User", roles: list[str] | None = None
-) -> factories.TestUser:
-    """A signed-in user without a password (no argon2 hash to compute), for tests that never use one."""
-    email = email or f"customer-{secrets.token_hex(4)}@example.com"
-    async with app.state.db.transaction() as session:
-        user = await auth_service.create_user(
-            session, email=email, password=None, name=name, roles=roles or ["user"], email_verified=True
-        )
-        pair = await auth_service.issue_tokens(session, user=user, settings=app.state.settings)
-    return factories.TestUser(user.id, email, "", pair.access_token, pair.refresh_token, list(user.roles))
-
-
-@asynccontextmanager
-async def browser_signed_in(
-    app: Any, user: factories.TestUser
-) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
-    """A browser signed in through the login form: its cookie jar, and the CSRF token of its session."""
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as browser:
-        form = await browser.get("/login")
-        form_csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
-        assert form_csrf, form.text
-        signed_in = await browser.post(
-            "/login", data={"email": user.email, "password": user.password, "csrf_token": form_csrf.group(1)}
-        )
-        assert signed_in.status_code == 303, signed_in.text
-        csrf = re.search(r'<meta name="csrf-token" content="([^"]+)"', (await browser.get("/account")).text)
-        assert csrf
-        yield browser, csrf.group(1)
 
 
 async def test_me_needs_credentials(client: httpx.AsyncClient) -> None:

@@ -100,8 +100,9 @@ def test_a_recipient_cannot_inject_headers() -> None:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("smtp://mail.example.com", ("mail.example.com", 25, None, None, False, False)),
-        ("smtp://mail.example.com:2525", ("mail.example.com", 2525, None, None, False, False)),
+        # no starttls parameter: STARTTLS whenever the server offers it (None, aiosmtplib's "if supported")
+        ("smtp://mail.example.com", ("mail.example.com", 25, None, None, False, None)),
+        ("smtp://mail.example.com:2525", ("mail.example.com", 2525, None, None, False, None)),
         (
             "smtp://apikey:s%40cr%3At@mail.example.com:587?starttls=true",
             ("mail.example.com", 587, "apikey", "s@cr:t", False, True),

@@ -649,8 +649,11 @@ async def request_password_reset(session: AsyncSession, *, email: str, settings:
 
 
 async def reset_password(session: AsyncSession, *, token: str, new_password: str) -> User:
+    password_hash = await hash_password_off_loop(
+        new_password
+    )  # before the first write: no lock held meanwhile
     user = await _redeem_one_time_token(session, token=token, purpose=PASSWORD_RESET)
-    user.password_hash = await hash_password_off_loop(new_password)
+    user.password_hash = password_hash
     if user.email_verified_at is None:
         user.email_verified_at = utcnow()  # the link reached the mailbox, which is what verification proves
     await revoke_all_sessions(session, user_id=user.id)

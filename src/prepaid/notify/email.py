@@ -58,11 +58,14 @@ class SmtpMailer:
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
         self.use_tls = parts.scheme == "smtps"
-        # STARTTLS: "true" requires it, "false" never uses it, absent uses it whenever the server offers it.
+        # STARTTLS: "true" requires it, "false" never uses it, absent uses it whenever the server offers it
+        # (and never on smtps://, which is TLS from the first byte).
         choice = query.get("starttls", [""])[0].lower()
-        self.start_tls: bool | None = (
-            True if choice in ("1", "true", "yes") else False if choice in ("0", "false", "no") else None
-        )
+        self.start_tls: bool | None = None
+        if self.use_tls or choice in ("0", "false", "no"):
+            self.start_tls = False
+        elif choice in ("1", "true", "yes"):
+            self.start_tls = True
         self.timeout = timeout
 
     async def send(self, message: EmailMessage) -> None:

@@ -68,23 +68,33 @@ def _render(
     return response
 
 
+def _message(
+    request: Request,
+    settings: Settings,
+    *,
+    heading: str,
+    message: str,
+    tone: str = "error",
+    link: str | None = None,
+    link_text: str = "",
+    status_code: int = 200,
+) -> HTMLResponse:
+    context = {"heading": heading, "message": message, "tone": tone, "link": link, "link_text": link_text}
+    return _render(request, "message.html", context, status_code=status_code, settings=settings)
+
+
 def _form_csrf_ok(request: Request, presented: str) -> bool:
     expected = request.cookies.get(FORM_CSRF_COOKIE)
     return bool(expected) and hmac.compare_digest(expected or "", presented)
 
 
 def _refused(request: Request, settings: Settings) -> HTMLResponse:
-    return _render(
+    return _message(
         request,
-        "message.html",
-        {
-            "heading": "Form expired",
-            "message": "This form is no longer valid; reload the page and try again.",
-            "tone": "error",
-            "link": None,
-        },
+        settings,
+        heading="Form expired",
+        message="This form is no longer valid; reload the page and try again.",
         status_code=403,
-        settings=settings,
     )
 
 
@@ -217,24 +227,17 @@ async def reset_password_submit(
     try:
         await auth_service.reset_password(session, token=token, new_password=password)
     except DomainError as error:
-        return _render(
-            request,
-            "message.html",
-            {"heading": "Link not valid", "message": error.message, "tone": "error", "link": None},
-            status_code=error.status,
-            settings=settings,
+        return _message(
+            request, settings, heading="Link not valid", message=error.message, status_code=error.status
         )
-    return _render(
+    return _message(
         request,
-        "message.html",
-        {
-            "heading": "Password changed",
-            "message": "Your password is changed.",
-            "tone": "good",
-            "link": "/login",
-            "link_text": "Sign in",
-        },
-        settings=settings,
+        settings,
+        heading="Password changed",
+        message="Your password is changed.",
+        tone="good",
+        link="/login",
+        link_text="Sign in",
     )
 
 
@@ -254,22 +257,15 @@ async def verify_email_submit(
     try:
         await auth_service.verify_email(session, token=token)
     except DomainError as error:
-        return _render(
-            request,
-            "message.html",
-            {"heading": "Link not valid", "message": error.message, "tone": "error", "link": None},
-            status_code=error.status,
-            settings=settings,
+        return _message(
+            request, settings, heading="Link not valid", message=error.message, status_code=error.status
         )
-    return _render(
+    return _message(
         request,
-        "message.html",
-        {
-            "heading": "Email confirmed",
-            "message": "Thank you: your email address is confirmed.",
-            "tone": "good",
-            "link": "/account",
-            "link_text": "Go to your account",
-        },
-        settings=settings,
+        settings,
+        heading="Email confirmed",
+        message="Thank you: your email address is confirmed.",
+        tone="good",
+        link="/account",
+        link_text="Go to your account",
     )
