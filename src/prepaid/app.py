@@ -21,6 +21,8 @@ from prepaid.auth.api import router as auth_router
 from prepaid.db import Database, open_database
 from prepaid.deps import SAFE_METHODS, OptionalPrincipal, client_ip, credentials_from
 from prepaid.errors import DomainError
+from prepaid.ledger import jobs as ledger_jobs
+from prepaid.ledger import service as ledger_service
 from prepaid.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware, UnhandledErrorMiddleware
 from prepaid.notify import jobs as notify_jobs
 from prepaid.notify.email import build_mailer
@@ -99,12 +101,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = open_database(settings.database_url)
         app.state.db = db
+        async with db.transaction() as session:
+            await ledger_service.ensure_credit_scale(session, scale=settings.credit_scale)
         runner = JobRunner(
             db,
             settings,
             [
                 Job("outbox", notify_jobs.delivery_job(mailer)),
                 Job("idempotency_purge", lambda db, _settings: idempotency.purge_expired(db)),
+                Job("hold_expiry", ledger_jobs.expire_holds),
+                Job("lot_expiry", ledger_jobs.sweep_expired_lots),
             ],
         )
         app.state.runner = runner

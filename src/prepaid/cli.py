@@ -39,6 +39,27 @@ def _migrate(settings: Settings) -> None:
     from prepaid.migrate import upgrade
 
     upgrade(settings.database_url)
+    _check_credit_scale(settings)
+
+
+def _check_credit_scale(settings: Settings) -> None:
+    """The scale is stored with the database the first time; a server configured otherwise stops here."""
+    from prepaid.db import open_database
+    from prepaid.ledger.service import SettingsMismatch, ensure_credit_scale
+
+    async def run() -> None:
+        db = open_database(settings.database_url)
+        try:
+            async with db.transaction() as session:
+                await ensure_credit_scale(session, scale=settings.credit_scale)
+        finally:
+            await db.dispose()
+
+    try:
+        asyncio.run(run())
+    except SettingsMismatch as error:
+        err.print(f"[bold red]Credit scale mismatch:[/] {error}")
+        raise typer.Exit(2) from None
 
 
 async def _schema_is_current(settings: Settings) -> tuple[str | None, str | None]:
@@ -72,6 +93,7 @@ def _run_server(settings: Settings, host: str, port: int, workers: int) -> None:
             "run `prepaid migrate` first."
         )
         raise typer.Exit(2)
+    _check_credit_scale(settings)
     metrics_dir = None
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker writes its metrics here; /metrics aggregates them.
@@ -187,6 +209,37 @@ def demo(port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000) -
         )
     console.print(f"Open http://127.0.0.1:{port}/ (API docs at /docs). Ctrl+C stops the server.")
     _run_server(settings, "127.0.0.1", port, 1)
+
+
+@app.command()
+def check() -> None:
+    """Verify every ledger invariant; exits 1 and names each breach."""
+    from rich.table import Table
+
+    from prepaid.db import open_database
+    from prepaid.ledger.service import Breach, check_invariants
+
+    settings = _settings()
+
+    async def run() -> list[Breach]:
+        db = open_database(settings.database_url)
+        try:
+            async with db.transaction(write=False) as session:
+                return await check_invariants(session)
+        finally:
+            await db.dispose()
+
+    breaches = asyncio.run(run())
+    if not breaches:
+        console.print("[green]Ledger check passed: every invariant holds.[/]")
+        return
+    table = Table(title=f"{len(breaches)} ledger invariant breach(es)")
+    for column in ("invariant", "subject", "detail"):
+        table.add_column(column)
+    for breach in breaches:
+        table.add_row(breach.invariant, breach.subject, breach.detail)
+    console.print(table)
+    raise typer.Exit(1)
 
 
 def main() -> None:

@@ -14,7 +14,9 @@ import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
-PREFIXES = frozenset({"usr", "key", "rtk", "wss", "tok", "idk", "msg", "aud", "job"})
+PREFIXES = frozenset(
+    {"usr", "key", "rtk", "wss", "tok", "idk", "msg", "aud", "job", "wal", "acc", "txn", "lot", "hold"}
+)
 
 
 def _encode(value: int, length: int) -> str:

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     email_from: str = "prepaid <no-reply@localhost>"
     email_backend: Literal["auto", "smtp", "console", "memory"] = "auto"
 
+    credit_scale: int = Field(default=0, ge=0, le=12)
+    allow_user_transfers: bool = False
+
     cors_origins: str = ""
     require_email_verification: bool = False
     report_tz: str = "UTC"

@@ -28,6 +28,7 @@ from prepaid.auth.models import ApiKey, OneTimeToken, RefreshToken, User, WebSes
 from prepaid.db import utcnow
 from prepaid.errors import AuthenticationError, Conflict, InvalidRequest, NotFound, PermissionDenied
 from prepaid.ids import new_id
+from prepaid.ledger import service as ledger_service
 from prepaid.notify import service as notify_service
 from prepaid.pagination import Page, PageParams, paginate
 from prepaid.settings import Settings
@@ -166,6 +167,7 @@ async def create_user(
         raise Conflict(
             "An account with this email already exists.", code="email_taken", param="email"
         ) from None
+    await ledger_service.open_wallet(session, user_id=user.id, name="Default", is_default=True)
     return user
 
 
