@@ -72,3 +72,25 @@ async def make_api_key(app: Any, owner: TestUser, *, scopes: list[str], server: 
             session, actor=auth_service.Principal(user=user), name="test key", scopes=scopes, server=server
         )
     return TestKey(key.id, secret, list(key.scopes))
+
+
+async def make_customer(
+    app: Any,
+    *,
+    email: str | None = None,
+    name: str = "Test User",
+    roles: list[str] | None = None,
+    verified: bool = True,
+) -> TestUser:
+    """A signed-in user without a password (no argon2 hash to compute), for tests that never use one.
+
+    Argon2 costs a quarter of a second per hash; routes that check a password get a user from ``make_user``.
+    """
+    db: Database = app.state.db
+    email = email or f"customer-{secrets.token_hex(4)}@example.com"
+    async with db.transaction() as session:
+        user = await auth_service.create_user(
+            session, email=email, password=None, name=name, roles=roles or ["user"], email_verified=verified
+        )
+        pair = await auth_service.issue_tokens(session, user=user, settings=app.state.settings)
+    return TestUser(user.id, email, "", pair.access_token, pair.refresh_token, list(user.roles))

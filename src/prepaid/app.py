@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from swagger_ui_bundle import swagger_ui_path
 
 from prepaid import __version__, idempotency
@@ -26,7 +27,7 @@ from prepaid.ledger import service as ledger_service
 from prepaid.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware, UnhandledErrorMiddleware
 from prepaid.notify import jobs as notify_jobs
 from prepaid.notify.email import build_mailer
-from prepaid.observability import RequestContextMiddleware, configure_logging, metrics_payload
+from prepaid.observability import RequestContextMiddleware, configure_logging, log, metrics_payload
 from prepaid.ratelimit import RateLimiter
 from prepaid.responses import install_error_handlers
 from prepaid.runner import Job, JobRunner
@@ -101,8 +102,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = open_database(settings.database_url)
         app.state.db = db
-        async with db.transaction() as session:
-            await ledger_service.ensure_credit_scale(session, scale=settings.credit_scale)
+        try:
+            async with db.transaction() as session:
+                await ledger_service.ensure_credit_scale(session, scale=settings.credit_scale)
+        except (OSError, SQLAlchemyError) as error:
+            # Alive but not ready: /readyz says so, and the scale is checked again by `serve` and `migrate`.
+            log.warning("database_unreachable_at_start", error_type=type(error).__name__)
         runner = JobRunner(
             db,
             settings,

@@ -3,48 +3,22 @@
 from __future__ import annotations
 
 import hashlib
-import secrets
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import text
 
-from prepaid.auth import service as auth_service
-from tests import factories
-from tests.factories import make_api_key
+from tests.factories import make_api_key, make_customer
+from tests.helpers import assert_error
 
 ALL_SCOPES = ["usage:write", "balance:read", "customers:write", "orders:write", "admin"]
-
-
-def assert_error(
-    response: httpx.Response, status: int, type_: str, code: str, param: str | None = None
-) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error: dict[str, Any] = response.json()["error"]
-    assert set(error) >= {"type", "code", "message", "param"}
-    assert (error["type"], error["code"], error["param"]) == (type_, code, param), error
-    assert isinstance(error["message"], str) and error["message"]
-    return error
 
 
 async def key_rows(app: Any) -> list[dict[str, Any]]:
     async with app.state.db.transaction(write=False) as session:
         rows = (await session.execute(text("SELECT * FROM auth_api_key"))).mappings().all()
     return [dict(row) for row in rows]
-
-
-async def make_customer(
-    app: Any, *, email: str | None = None, name: str = "Test User", roles: list[str] | None = None
-) -> factories.TestUser:
-    """A signed-in user without a password (no argon2 hash to compute), for tests that never use one."""
-    email = email or f"customer-{secrets.token_hex(4)}@example.com"
-    async with app.state.db.transaction() as session:
-        user = await auth_service.create_user(
-            session, email=email, password=None, name=name, roles=roles or ["user"], email_verified=True
-        )
-        pair = await auth_service.issue_tokens(session, user=user, settings=app.state.settings)
-    return factories.TestUser(user.id, email, "", pair.access_token, pair.refresh_token, list(user.roles))
 
 
 async def test_a_new_key_shows_its_secret_once_and_is_stored_only_as_a_hash(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,37 +9,16 @@ import httpx
 from sqlalchemy import update
 
 from prepaid.audit.models import AuditLogEntry
-from prepaid.auth import service as auth_service
 from prepaid.db import Database
-from tests.factories import TestUser as Caller
-from tests.factories import make_api_key
-
-
-async def signed_in(
-    app: Any, *, roles: list[str] | None = None, name: str = "Test User", email: str | None = None
-) -> Caller:
-    """A signed-in user made through the services, without a password (argon2 is slow, not under test)."""
-    email = email or f"user-{secrets.token_hex(4)}@example.com"
-    async with app.state.db.transaction() as session:
-        user = await auth_service.create_user(
-            session, email=email, password=None, name=name, roles=roles or ["user"], email_verified=True
-        )
-        pair = await auth_service.issue_tokens(session, user=user, settings=app.state.settings)
-    return Caller(user.id, email, "", pair.access_token, pair.refresh_token, list(user.roles))
-
-
-async def audit(client: httpx.AsyncClient, headers: dict[str, str], **params: Any) -> list[dict[str, Any]]:
-    response = await client.get("/v1/audit_log", params=params, headers=headers)
-    assert response.status_code == 200, response.text
-    data: list[dict[str, Any]] = response.json()["data"]
-    return data
+from tests.factories import make_api_key, make_customer
+from tests.helpers import audit_log
 
 
 async def test_an_admin_update_records_actor_before_after_and_request(
     app: Any, client: httpx.AsyncClient
 ) -> None:
-    admin = await signed_in(app, roles=["user", "admin"])
-    user = await signed_in(app, name="Before Name")
+    admin = await make_customer(app, roles=["user", "admin"])
+    user = await make_customer(app, name="Before Name")
     response = await client.patch(
         f"/v1/users/{user.id}",
         json={"name": "After Name", "roles": ["user", "vendor"], "active": False},
@@ -49,7 +27,7 @@ async def test_an_admin_update_records_actor_before_after_and_request(
     assert response.status_code == 200, response.text
     assert response.headers["x-request-id"] == "req-audit-0001"
 
-    [entry] = await audit(client, admin.headers)
+    [entry] = await audit_log(client, admin.headers)
     assert entry["object"] == "audit_log_entry"
     assert entry["id"].startswith("aud_")
     assert entry["actor_user_id"] == admin.id
@@ -74,8 +52,8 @@ async def test_an_admin_update_records_actor_before_after_and_request(
 async def test_a_write_that_changes_nothing_or_is_refused_records_nothing(
     app: Any, client: httpx.AsyncClient
 ) -> None:
-    admin = await signed_in(app, roles=["user", "admin"])
-    user = await signed_in(app, name="Same")
+    admin = await make_customer(app, roles=["user", "admin"])
+    user = await make_customer(app, name="Same")
     same = await client.patch(f"/v1/users/{user.id}", json={"name": "Same"}, headers=admin.headers)
     assert same.status_code == 200
     refused = await client.patch(f"/v1/users/{admin.id}", json={"roles": ["user"]}, headers=admin.headers)
@@ -87,13 +65,13 @@ async def test_a_write_that_changes_nothing_or_is_refused_records_nothing(
         "/v1/users/usr_01AAAAAAAAAAAAAAAAAAAAAAAA", json={"name": "x"}, headers=admin.headers
     )
     assert missing.status_code == 404
-    assert await audit(client, admin.headers) == []
+    assert await audit_log(client, admin.headers) == []
 
 
 async def test_api_key_writes_by_an_admin_are_recorded_without_the_secret(
     app: Any, client: httpx.AsyncClient
 ) -> None:
-    admin = await signed_in(app, roles=["user", "admin"])
+    admin = await make_customer(app, roles=["user", "admin"])
     created = await client.post(
         "/v1/api_keys",
         json={"name": "server", "scopes": ["orders:write"], "server": True},
@@ -104,7 +82,7 @@ async def test_api_key_writes_by_an_admin_are_recorded_without_the_secret(
     revoked = await client.delete(f"/v1/api_keys/{key_id}", headers=admin.headers)
     assert revoked.status_code == 200
 
-    revoke_entry, create_entry = await audit(client, admin.headers)
+    revoke_entry, create_entry = await audit_log(client, admin.headers)
     assert create_entry["action"] == "api_key.create"
     assert create_entry["object_id"] == key_id
     assert create_entry["before"] is None
@@ -120,47 +98,47 @@ async def test_api_key_writes_by_an_admin_are_recorded_without_the_secret(
 async def test_an_admin_acting_through_an_api_key_is_recorded_with_the_key(
     app: Any, client: httpx.AsyncClient
 ) -> None:
-    admin = await signed_in(app, roles=["user", "admin"])
+    admin = await make_customer(app, roles=["user", "admin"])
     key = await make_api_key(app, admin, scopes=["admin"], server=True)
-    user = await signed_in(app)
+    user = await make_customer(app)
     response = await client.patch(f"/v1/users/{user.id}", json={"name": "Renamed"}, headers=key.headers)
     assert response.status_code == 200, response.text
-    entries = await audit(client, admin.headers, action="user.update")
+    entries = await audit_log(client, admin.headers, action="user.update")
     [entry] = entries
     assert entry["actor_user_id"] == admin.id
     assert entry["actor_api_key_id"] == key.id
 
 
 async def test_filters(app: Any, client: httpx.AsyncClient, db: Database) -> None:
-    admin = await signed_in(app, roles=["user", "admin"])
-    other_admin = await signed_in(app, roles=["user", "admin"])
-    alice = await signed_in(app)
-    bob = await signed_in(app)
+    admin = await make_customer(app, roles=["user", "admin"])
+    other_admin = await make_customer(app, roles=["user", "admin"])
+    alice = await make_customer(app)
+    bob = await make_customer(app)
     await client.patch(f"/v1/users/{alice.id}", json={"name": "A1"}, headers=admin.headers)
     await client.patch(f"/v1/users/{bob.id}", json={"name": "B1"}, headers=other_admin.headers)
     key = await client.post(
         "/v1/api_keys", json={"name": "k", "scopes": ["usage:write"]}, headers=other_admin.headers
     )
     assert key.status_code == 201
-    everything = await audit(client, admin.headers)
+    everything = await audit_log(client, admin.headers)
     assert len(everything) == 3
 
-    assert [e["object_id"] for e in await audit(client, admin.headers, actor=admin.id)] == [alice.id]
-    assert {e["object_id"] for e in await audit(client, admin.headers, actor=other_admin.id)} == {
+    assert [e["object_id"] for e in await audit_log(client, admin.headers, actor=admin.id)] == [alice.id]
+    assert {e["object_id"] for e in await audit_log(client, admin.headers, actor=other_admin.id)} == {
         bob.id,
         key.json()["id"],
     }
-    assert [e["object_id"] for e in await audit(client, admin.headers, action="api_key.create")] == [
+    assert [e["object_id"] for e in await audit_log(client, admin.headers, action="api_key.create")] == [
         key.json()["id"]
     ]
-    assert {e["object_id"] for e in await audit(client, admin.headers, object_type="user")} == {
+    assert {e["object_id"] for e in await audit_log(client, admin.headers, object_type="user")} == {
         alice.id,
         bob.id,
     }
-    assert [e["actor_user_id"] for e in await audit(client, admin.headers, object_id=bob.id)] == [
+    assert [e["actor_user_id"] for e in await audit_log(client, admin.headers, object_id=bob.id)] == [
         other_admin.id
     ]
-    assert await audit(client, admin.headers, action="user.delete") == []
+    assert await audit_log(client, admin.headers, action="user.delete") == []
 
     # time filters: move Alice's entry a day back
     async with db.transaction() as session:
@@ -170,11 +148,13 @@ async def test_filters(app: Any, client: httpx.AsyncClient, db: Database) -> Non
             .values(created_at=datetime.now(UTC) - timedelta(days=1))
         )
     hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
-    assert [e["object_id"] for e in await audit(client, admin.headers, created_before=hour_ago)] == [alice.id]
-    recent = await audit(client, admin.headers, created_after=hour_ago)
+    assert [e["object_id"] for e in await audit_log(client, admin.headers, created_before=hour_ago)] == [
+        alice.id
+    ]
+    recent = await audit_log(client, admin.headers, created_after=hour_ago)
     assert alice.id not in {e["object_id"] for e in recent}
     assert len(recent) == 2
-    both = await audit(client, admin.headers, created_after=hour_ago, object_type="user")
+    both = await audit_log(client, admin.headers, created_after=hour_ago, object_type="user")
     assert [e["object_id"] for e in both] == [bob.id]
     bad = await client.get("/v1/audit_log", params={"created_after": "yesterday"}, headers=admin.headers)
     assert bad.status_code == 400
@@ -182,8 +162,8 @@ async def test_filters(app: Any, client: httpx.AsyncClient, db: Database) -> Non
 
 
 async def test_only_admins_read_the_audit_log(app: Any, client: httpx.AsyncClient) -> None:
-    admin = await signed_in(app, roles=["user", "admin"])
-    user = await signed_in(app)
+    admin = await make_customer(app, roles=["user", "admin"])
+    user = await make_customer(app)
     await client.patch(f"/v1/users/{user.id}", json={"name": "Seen by admins"}, headers=admin.headers)
 
     anonymous = await client.get("/v1/audit_log")
@@ -203,7 +183,7 @@ async def test_only_admins_read_the_audit_log(app: Any, client: httpx.AsyncClien
 
 
 async def test_the_audit_log_is_append_only_over_http(app: Any, client: httpx.AsyncClient) -> None:
-    admin = await signed_in(app, roles=["user", "admin"])
+    admin = await make_customer(app, roles=["user", "admin"])
     for method in ("POST", "PATCH", "PUT", "DELETE"):
         response = await client.request(method, "/v1/audit_log", json={}, headers=admin.headers)
         assert response.status_code == 405, method

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
 import time
 from email.message import EmailMessage
 from typing import Any
@@ -14,37 +13,12 @@ import jwt
 import pytest
 from sqlalchemy import select
 
-from prepaid.auth import service as auth_service
 from prepaid.auth.models import User
 from prepaid.settings import Settings
-from tests import factories
-from tests.factories import make_user
+from tests.factories import make_customer, make_user
+from tests.helpers import assert_error, login, refresh
 
 NEW_PASSWORD = "a brand new passphrase"
-
-
-def assert_error(
-    response: httpx.Response, status: int, type_: str, code: str, param: str | None = None
-) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error: dict[str, Any] = response.json()["error"]
-    assert set(error) >= {"type", "code", "message", "param"}
-    assert (error["type"], error["code"], error["param"]) == (type_, code, param), error
-    assert isinstance(error["message"], str) and error["message"]
-    return error
-
-
-async def make_customer(
-    app: Any, *, email: str | None = None, name: str = "Test User", roles: list[str] | None = None
-) -> factories.TestUser:
-    """A signed-in user without a password (no argon2 hash to compute), for tests that never use one."""
-    email = email or f"customer-{secrets.token_hex(4)}@example.com"
-    async with app.state.db.transaction() as session:
-        user = await auth_service.create_user(
-            session, email=email, password=None, name=name, roles=roles or ["user"], email_verified=True
-        )
-        pair = await auth_service.issue_tokens(session, user=user, settings=app.state.settings)
-    return factories.TestUser(user.id, email, "", pair.access_token, pair.refresh_token, list(user.roles))
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -66,14 +40,6 @@ def link_in(message: EmailMessage, path: str) -> str:
     found = re.search(rf"http://testserver{re.escape(path)}\?token=([A-Za-z0-9_-]+)", text)
     assert found, text
     return found.group(1)
-
-
-async def login(client: httpx.AsyncClient, email: str, password: str) -> httpx.Response:
-    return await client.post("/v1/auth/login", json={"email": email, "password": password})
-
-
-async def refresh(client: httpx.AsyncClient, token: str) -> httpx.Response:
-    return await client.post("/v1/auth/refresh", json={"refresh_token": token})
 
 
 # ---------------------------------------------------------------- register

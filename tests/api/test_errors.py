@@ -2,55 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 
-from prepaid.auth import service as auth_service
 from prepaid.auth.models import User
 from prepaid.db import Database
 from prepaid.notify.models import OutboxMessage
-from tests.factories import TestUser as Caller
+from tests import helpers
+from tests.factories import make_customer
+from tests.helpers import count
 
 MB = 1024 * 1024
 VALID = {"email": "ada@example.com", "password": "correct horse battery", "name": "Ada"}
 
-
-async def signed_in(
-    app: Any, *, roles: list[str] | None = None, name: str = "Test User", email: str | None = None
-) -> Caller:
-    """A signed-in user made through the services, without a password (argon2 is slow, not under test)."""
-    email = email or f"user-{secrets.token_hex(4)}@example.com"
-    async with app.state.db.transaction() as session:
-        user = await auth_service.create_user(
-            session, email=email, password=None, name=name, roles=roles or ["user"], email_verified=True
-        )
-        pair = await auth_service.issue_tokens(session, user=user, settings=app.state.settings)
-    return Caller(user.id, email, "", pair.access_token, pair.refresh_token, list(user.roles))
-
-
-def assert_error(
-    response: httpx.Response, status: int, type_: str, code: str, param: str | None = None
-) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    error = response.json()["error"]
-    assert set(error) >= {"type", "code", "message", "param"}
-    assert error["type"] == type_, error
-    assert error["code"] == code, error
-    assert error["param"] == param, error
-    assert isinstance(error["message"], str) and error["message"]
-    assert "Traceback" not in response.text
-
-
-async def count(db: Database, model: Any) -> int:
-    async with db.transaction(write=False) as session:
-        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+# Every error answer here is also checked to be JSON by its content type and to show no traceback.
+assert_error = functools.partial(helpers.assert_error, well_formed=True)
 
 
 async def assert_nothing_created(db: Database) -> None:
@@ -82,7 +53,7 @@ async def test_invalid_registration_names_the_field_and_creates_nothing(
 
 
 async def test_nested_validation_error_names_the_list_item(app: Any, client: httpx.AsyncClient) -> None:
-    user = await signed_in(app)
+    user = await make_customer(app)
     response = await client.post(
         "/v1/api_keys", json={"name": "k", "scopes": ["usage:write", "fly:to-the-moon"]}, headers=user.headers
     )
@@ -92,8 +63,8 @@ async def test_nested_validation_error_names_the_list_item(app: Any, client: htt
 
 
 async def test_nested_validation_error_on_admin_update(app: Any, client: httpx.AsyncClient) -> None:
-    admin = await signed_in(app, roles=["user", "admin"])
-    user = await signed_in(app)
+    admin = await make_customer(app, roles=["user", "admin"])
+    user = await make_customer(app)
     response = await client.patch(
         f"/v1/users/{user.id}", json={"roles": ["user", "emperor"]}, headers=admin.headers
     )
@@ -108,7 +79,7 @@ async def test_nested_validation_error_on_admin_update(app: Any, client: httpx.A
 
 
 async def test_query_parameter_errors_name_the_parameter(app: Any, client: httpx.AsyncClient) -> None:
-    admin = await signed_in(app, roles=["user", "admin"])
+    admin = await make_customer(app, roles=["user", "admin"])
     response = await client.get("/v1/users?limit=lots", headers=admin.headers)
     assert_error(response, 400, "invalid_request_error", "invalid_field", "limit")
     response = await client.get("/v1/users?role=emperor", headers=admin.headers)
@@ -296,7 +267,7 @@ async def test_wrong_method_is_405_in_the_error_format(client: httpx.AsyncClient
 
 
 async def test_unknown_object_is_404_not_found(app: Any, client: httpx.AsyncClient) -> None:
-    admin = await signed_in(app, roles=["user", "admin"])
+    admin = await make_customer(app, roles=["user", "admin"])
     response = await client.get("/v1/users/usr_01AAAAAAAAAAAAAAAAAAAAAAAA", headers=admin.headers)
     assert_error(response, 404, "not_found", "resource_missing", "id")
 
@@ -325,6 +296,6 @@ async def test_authentication_errors_use_the_error_format(client: httpx.AsyncCli
 
 
 async def test_permission_errors_use_the_error_format(app: Any, client: httpx.AsyncClient) -> None:
-    user = await signed_in(app)
+    user = await make_customer(app)
     response = await client.get("/v1/users", headers=user.headers)
     assert_error(response, 403, "permission_error", "admin_required")

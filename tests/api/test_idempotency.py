@@ -3,47 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 from cryptography.exceptions import InvalidTag
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from prepaid import idempotency
-from prepaid.auth import service as auth_service
 from prepaid.auth.models import ApiKey, User
 from prepaid.db import Database, utcnow
 from prepaid.idempotency import IdempotencyRecord
 from prepaid.notify.models import OutboxMessage
-from tests.factories import TestUser as Caller
+from tests.factories import make_customer
+from tests.helpers import count
 
 REGISTER = {"email": "grace@example.com", "password": "correct horse battery", "name": "Grace"}
 KEY_BODY = {"name": "ci", "scopes": ["usage:write"]}
 
 
-async def signed_in(
-    app: Any, *, roles: list[str] | None = None, name: str = "Test User", email: str | None = None
-) -> Caller:
-    """A signed-in user made through the services, without a password (argon2 is slow, not under test)."""
-    email = email or f"user-{secrets.token_hex(4)}@example.com"
-    async with app.state.db.transaction() as session:
-        user = await auth_service.create_user(
-            session, email=email, password=None, name=name, roles=roles or ["user"], email_verified=True
-        )
-        pair = await auth_service.issue_tokens(session, user=user, settings=app.state.settings)
-    return Caller(user.id, email, "", pair.access_token, pair.refresh_token, list(user.roles))
-
-
 def key(value: str) -> dict[str, str]:
     return {"Idempotency-Key": value}
-
-
-async def count(db: Database, model: Any) -> int:
-    async with db.transaction(write=False) as session:
-        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
 
 
 async def records(db: Database, idempotency_key: str) -> list[IdempotencyRecord]:
@@ -93,7 +74,7 @@ async def test_without_a_key_the_same_request_runs_again(client: httpx.AsyncClie
 async def test_api_key_creation_replayed_mints_one_key_and_shows_the_same_secret(
     app: Any, client: httpx.AsyncClient, db: Database
 ) -> None:
-    user = await signed_in(app)
+    user = await make_customer(app)
     headers = {**user.headers, **key("mint-1")}
     first = await client.post("/v1/api_keys", json=KEY_BODY, headers=headers)
     assert first.status_code == 201, first.text
@@ -108,7 +89,7 @@ async def test_api_key_creation_replayed_mints_one_key_and_shows_the_same_secret
 async def test_stored_answers_are_sealed_so_the_database_holds_no_secret(
     app: Any, client: httpx.AsyncClient, db: Database
 ) -> None:
-    user = await signed_in(app)
+    user = await make_customer(app)
     headers = {**user.headers, **key("sealed-1")}
     created = await client.post("/v1/api_keys", json=KEY_BODY, headers=headers)
     assert created.status_code == 201
@@ -145,7 +126,7 @@ async def test_a_client_error_is_stored_and_replayed(client: httpx.AsyncClient, 
 
 
 async def test_get_requests_ignore_the_key(app: Any, client: httpx.AsyncClient, db: Database) -> None:
-    user = await signed_in(app)
+    user = await make_customer(app)
     response = await client.get("/v1/me", headers={**user.headers, **key("read-1")})
     assert response.status_code == 200
     assert "idempotent-replayed" not in response.headers
@@ -262,7 +243,7 @@ async def test_duplicates_racing_through_gather_run_the_route_once(
 async def test_a_claim_left_by_a_dead_process_is_taken_again_after_a_while(
     app: Any, client: httpx.AsyncClient, db: Database
 ) -> None:
-    user = await signed_in(app)
+    user = await make_customer(app)
     headers = {**user.headers, **key("crash-1")}
     first = await client.post("/v1/api_keys", json=KEY_BODY, headers=headers)
     assert first.status_code == 201
@@ -294,8 +275,8 @@ async def test_a_claim_left_by_a_dead_process_is_taken_again_after_a_while(
 
 
 async def test_keys_are_scoped_per_caller(app: Any, client: httpx.AsyncClient, db: Database) -> None:
-    alice = await signed_in(app)
-    bob = await signed_in(app)
+    alice = await make_customer(app)
+    bob = await make_customer(app)
     for_alice = await client.post("/v1/api_keys", json=KEY_BODY, headers={**alice.headers, **key("shared")})
     for_bob = await client.post("/v1/api_keys", json=KEY_BODY, headers={**bob.headers, **key("shared")})
     assert for_alice.status_code == for_bob.status_code == 201
@@ -321,7 +302,7 @@ async def test_keys_are_scoped_per_caller(app: Any, client: httpx.AsyncClient, d
 async def test_an_anonymous_answer_is_never_replayed_to_a_signed_in_caller(
     app: Any, client: httpx.AsyncClient, db: Database
 ) -> None:
-    user = await signed_in(app)
+    user = await make_customer(app)
     anonymous = await client.post("/v1/api_keys", json=KEY_BODY, headers=key("anon-1"))
     assert anonymous.status_code == 401
     as_user = await client.post("/v1/api_keys", json=KEY_BODY, headers={**user.headers, **key("anon-1")})
@@ -367,7 +348,7 @@ async def test_a_server_error_is_not_stored_and_the_retry_runs(
 async def test_a_conflict_is_not_stored_and_the_retry_runs(
     app: Any, client: httpx.AsyncClient, db: Database
 ) -> None:
-    holder = await signed_in(app, email=REGISTER["email"])
+    holder = await make_customer(app, email=REGISTER["email"])
     conflict = await client.post("/v1/auth/register", json=REGISTER, headers=key("taken-1"))
     assert conflict.status_code == 409
     assert conflict.json()["error"]["code"] == "email_taken"
@@ -402,7 +383,7 @@ async def test_a_rate_limited_answer_is_not_stored(app: Any, client: httpx.Async
 async def test_expired_keys_are_purged_and_may_be_used_afresh(
     app: Any, client: httpx.AsyncClient, db: Database
 ) -> None:
-    user = await signed_in(app)
+    user = await make_customer(app)
     old = await client.post("/v1/api_keys", json=KEY_BODY, headers={**user.headers, **key("old")})
     fresh = await client.post("/v1/api_keys", json=KEY_BODY, headers={**user.headers, **key("fresh")})
     assert old.status_code == fresh.status_code == 201

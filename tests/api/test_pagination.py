@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import httpx
@@ -12,19 +11,7 @@ from prepaid.audit import service as audit_service
 from prepaid.auth import service as auth_service
 from prepaid.db import Database
 from tests.factories import TestUser as Caller
-
-
-async def signed_in(
-    app: Any, *, roles: list[str] | None = None, name: str = "Test User", email: str | None = None
-) -> Caller:
-    """A signed-in user made through the services, without a password (argon2 is slow, not under test)."""
-    email = email or f"user-{secrets.token_hex(4)}@example.com"
-    async with app.state.db.transaction() as session:
-        user = await auth_service.create_user(
-            session, email=email, password=None, name=name, roles=roles or ["user"], email_verified=True
-        )
-        pair = await auth_service.issue_tokens(session, user=user, settings=app.state.settings)
-    return Caller(user.id, email, "", pair.access_token, pair.refresh_token, list(user.roles))
+from tests.factories import make_customer
 
 
 async def add_users(db: Database, n: int) -> list[str]:
@@ -69,7 +56,7 @@ def ids(page: dict[str, Any]) -> list[str]:
 
 async def setup_rows(app: Any, path: str, n: int) -> tuple[Caller, list[str]]:
     """``n`` rows (made in this order) plus the admin's own; returns the admin and all ids, newest first."""
-    admin = await signed_in(app, roles=["user", "admin"])
+    admin = await make_customer(app, roles=["user", "admin"])
     db: Database = app.state.db
     if path == "/v1/users":
         created = [admin.id, *await add_users(db, n)]
@@ -140,7 +127,7 @@ async def test_limit_bounds(app: Any, client: httpx.AsyncClient, path: str) -> N
 
 
 async def test_both_cursors_at_once_are_refused(app: Any, client: httpx.AsyncClient) -> None:
-    admin = await signed_in(app, roles=["user", "admin"])
+    admin = await make_customer(app, roles=["user", "admin"])
     response = await client.get(
         "/v1/users", params={"starting_after": admin.id, "ending_before": admin.id}, headers=admin.headers
     )
@@ -152,7 +139,7 @@ async def test_both_cursors_at_once_are_refused(app: Any, client: httpx.AsyncCli
 
 
 async def test_filters_and_pagination_combine(app: Any, client: httpx.AsyncClient) -> None:
-    admin = await signed_in(app, roles=["user", "admin"])
+    admin = await make_customer(app, roles=["user", "admin"])
     db: Database = app.state.db
     await add_users(db, 5)
     vendors = []

@@ -11,26 +11,16 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
-from prepaid.auth import service as auth_service
 from prepaid.auth.models import User
 from prepaid.errors import RateLimited
 from prepaid.ratelimit import RateLimiter
 from prepaid.settings import Settings
 from tests.conftest import skip_or_fail
-from tests.factories import TestUser as Caller
-from tests.factories import make_api_key, make_user
+from tests.factories import make_api_key, make_customer, make_user
+from tests.helpers import login
 
 LIMITED = {"rate_limits_enabled": True, "trusted_proxies": "127.0.0.1"}
 REDIS_URL = os.environ.get("PREPAID_TEST_REDIS_URL", "")
-
-
-async def signed_in(app: Any) -> Caller:
-    """A signed-in user made through the services, without a password (argon2 is slow, not under test)."""
-    email = f"user-{secrets.token_hex(4)}@example.com"
-    async with app.state.db.transaction() as session:
-        user = await auth_service.create_user(session, email=email, password=None, email_verified=True)
-        pair = await auth_service.issue_tokens(session, user=user, settings=app.state.settings)
-    return Caller(user.id, email, "", pair.access_token, pair.refresh_token, list(user.roles))
 
 
 def from_ip(ip: str) -> dict[str, str]:
@@ -47,17 +37,13 @@ def assert_limited(response: httpx.Response, window_seconds: int = 60) -> None:
     assert 1 <= retry_after <= window_seconds
 
 
-async def login(client: httpx.AsyncClient, email: str, password: str, **headers: str) -> httpx.Response:
-    return await client.post("/v1/auth/login", json={"email": email, "password": password}, headers=headers)
-
-
 @pytest.mark.parametrize(
     "settings_overrides",
     [{**LIMITED, "rate_limit_login_ip": "3/minute", "rate_limit_login_email": "100/minute"}],
 )
 async def test_the_fourth_login_from_one_address_is_429(app: Any, client: httpx.AsyncClient) -> None:
     user = await make_user(app)
-    other = await signed_in(app)
+    other = await make_customer(app)
     assert (await login(client, user.email, user.password)).status_code == 200
     assert (await login(client, user.email, "wrong password")).status_code == 401  # failures count too
     assert (await login(client, "nobody@example.com", "whatever")).status_code == 401  # any email counts
@@ -98,8 +84,8 @@ async def test_logins_are_limited_per_email_from_any_address(app: Any, client: h
     "settings_overrides", [{**LIMITED, "rate_limit_read": "2/minute", "rate_limit_write": "2/minute"}]
 )
 async def test_read_and_write_limits_are_per_caller(app: Any, client: httpx.AsyncClient) -> None:
-    alice = await signed_in(app)
-    bob = await signed_in(app)
+    alice = await make_customer(app)
+    bob = await make_customer(app)
     key = await make_api_key(app, alice, scopes=["balance:read"])
 
     for _ in range(2):
@@ -145,7 +131,7 @@ async def test_forwarded_for_is_ignored_from_an_untrusted_peer(client: httpx.Asy
     "settings_overrides", [{"rate_limits_enabled": False, "rate_limit_read": "1/minute"}]
 )
 async def test_limits_can_be_switched_off(app: Any, client: httpx.AsyncClient) -> None:
-    user = await signed_in(app)
+    user = await make_customer(app)
     for _ in range(3):
         assert (await client.get("/v1/me", headers=user.headers)).status_code == 200
 
@@ -173,8 +159,8 @@ async def redis_client() -> AsyncIterator[redis.Redis]:
 async def test_redis_storage_shares_counters_between_processes(
     app: Any, client: httpx.AsyncClient, settings: Settings, redis_client: redis.Redis
 ) -> None:
-    alice = await signed_in(app)
-    bob = await signed_in(app)
+    alice = await make_customer(app)
+    bob = await make_customer(app)
     try:
         for _ in range(2):
             assert (await client.get("/v1/me", headers=alice.headers)).status_code == 200

@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import re
-import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 
 from prepaid.auth import service as auth_service
-from tests import factories
-from tests.factories import make_api_key, make_user
-
-
-def assert_error(
-    response: httpx.Response, status: int, type_: str, code: str, param: str | None = None
-) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error: dict[str, Any] = response.json()["error"]
-    assert set(error) >= {"type", "code", "message", "param"}
-    assert (error["type"], error["code"], error["param"]) == (type_, code, param), error
-    assert isinstance(error["message"], str) and error["message"]
-    return error
+from tests.factories import make_api_key, make_customer, make_user
+from tests.helpers import assert_error, audit_log, browser_signed_in
 
 
 async def customers(app: Any, count: int, *, roles: list[str] | None = None) -> list[str]:
@@ -40,50 +25,6 @@ async def customers(app: Any, count: int, *, roles: list[str] | None = None) -> 
             )
             ids.append(user.id)
     return ids
-
-
-async def make_customer(
-    app: Any, *, email: str | None = None, name: str = "Test User", roles: list[str] | None = None
-) -> factories.TestUser:
-    """A signed-in user without a password (no argon2 hash to compute), for tests that never use one."""
-    email = email or f"customer-{secrets.token_hex(4)}@example.com"
-    async with app.state.db.transaction() as session:
-        user = await auth_service.create_user(
-            session, email=email, password=None, name=name, roles=roles or ["user"], email_verified=True
-        )
-        pair = await auth_service.issue_tokens(session, user=user, settings=app.state.settings)
-    return factories.TestUser(user.id, email, "", pair.access_token, pair.refresh_token, list(user.roles))
-
-
-async def audit_entries(
-    client: httpx.AsyncClient, admin: factories.TestUser, **filters: str
-) -> list[dict[str, Any]]:
-    listed = await client.get("/v1/audit_log", headers=admin.headers, params=filters)
-    assert listed.status_code == 200, listed.text
-    entries: list[dict[str, Any]] = listed.json()["data"]
-    return entries
-
-
-@asynccontextmanager
-async def browser_signed_in(
-    app: Any, user: factories.TestUser
-) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
-    """A browser signed in through the login form: its cookie jar, and the CSRF token of its session."""
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as browser:
-        form = await browser.get("/login")
-        form_csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
-        assert form_csrf, form.text
-        signed_in = await browser.post(
-            "/login",
-            data={"email": user.email, "password": user.password, "csrf_token": form_csrf.group(1)},
-        )
-        assert signed_in.status_code == 303, signed_in.text
-        assert signed_in.headers["location"] == "/account"
-        account = await browser.get("/account")
-        csrf = re.search(r'<meta name="csrf-token" content="([^"]+)"', account.text)
-        assert csrf, account.text
-        yield browser, csrf.group(1)
 
 
 # ---------------------------------------------------------------- who may
@@ -119,7 +60,7 @@ async def test_an_admins_key_acts_as_admin_only_with_the_admin_scope(
     (customer,) = await customers(app, 1)
     renamed = await client.patch(f"/v1/users/{customer}", headers=admin_key.headers, json={"name": "Renamed"})
     assert renamed.status_code == 200, renamed.text
-    (entry,) = await audit_entries(client, admin, object_id=customer)
+    (entry,) = await audit_log(client, admin.headers, object_id=customer)
     assert (entry["actor_user_id"], entry["actor_api_key_id"]) == (admin.id, admin_key.id)
 
 
@@ -204,7 +145,7 @@ async def test_admin_changes_roles_and_the_audit_log_keeps_before_and_after(
     assert changed.json()["roles"] == ["user", "vendor"]
     assert (await client.get("/v1/me", headers=user.headers)).json()["roles"] == ["user", "vendor"]
 
-    (entry,) = await audit_entries(client, admin, object_id=user.id)
+    (entry,) = await audit_log(client, admin.headers, object_id=user.id)
     assert entry["object"] == "audit_log_entry"
     assert entry["request_id"] == changed.headers["X-Request-Id"]
     assert entry["actor_api_key_id"] is None
@@ -221,7 +162,7 @@ async def test_admin_changes_roles_and_the_audit_log_keeps_before_and_after(
     assert_error(invalid, 400, "invalid_request_error", "invalid_field", "roles.0")
     empty = await client.patch(f"/v1/users/{user.id}", headers=admin.headers, json={"roles": []})
     assert_error(empty, 400, "invalid_request_error", "invalid_field", "roles")
-    assert len(await audit_entries(client, admin, object_id=user.id)) == 1
+    assert len(await audit_log(client, admin.headers, object_id=user.id)) == 1
 
 
 async def test_deactivating_a_user_stops_every_credential_at_once(
@@ -230,7 +171,7 @@ async def test_deactivating_a_user_stops_every_credential_at_once(
     admin = await make_customer(app, roles=["user", "admin"])
     user = await make_user(app)
     key = await make_api_key(app, user, scopes=["balance:read"])
-    async with browser_signed_in(app, user) as (browser, csrf):
+    async with browser_signed_in(app, user, redirected_to="/account") as (browser, csrf):
         cookie_call = {"X-CSRF-Token": csrf}
         assert (await browser.get("/v1/me", headers=cookie_call)).status_code == 200
         assert_error(await browser.get("/v1/me"), 403, "permission_error", "csrf_failed", "X-CSRF-Token")
@@ -267,7 +208,7 @@ async def test_deactivating_a_user_stops_every_credential_at_once(
         signed_in = await client.post("/v1/auth/login", json={"email": user.email, "password": user.password})
         assert_error(signed_in, 401, "authentication_error", "account_inactive")
 
-    (entry,) = await audit_entries(client, admin, action="user.update", object_id=user.id)
+    (entry,) = await audit_log(client, admin.headers, action="user.update", object_id=user.id)
     assert (entry["before"]["active"], entry["after"]["active"]) == (True, False)
     assert entry["actor_user_id"] == admin.id
 
@@ -281,7 +222,7 @@ async def test_a_reactivated_user_signs_in_again(app: Any, client: httpx.AsyncCl
 
     signed_in = await client.post("/v1/auth/login", json={"email": user.email, "password": user.password})
     assert signed_in.status_code == 200, signed_in.text
-    entries = await audit_entries(client, admin, object_id=user.id)
+    entries = await audit_log(client, admin.headers, object_id=user.id)
     assert [(entry["before"]["active"], entry["after"]["active"]) for entry in entries] == [
         (False, True),
         (True, False),
@@ -298,7 +239,7 @@ async def test_admins_cannot_demote_or_deactivate_themselves(app: Any, client: h
     me = await client.get("/v1/me", headers=admin.headers)
     assert me.status_code == 200
     assert (me.json()["roles"], me.json()["active"]) == (["user", "admin"], True)
-    assert await audit_entries(client, admin, object_id=admin.id) == []
+    assert await audit_log(client, admin.headers, object_id=admin.id) == []
 
 
 async def test_one_admin_may_demote_another(app: Any, client: httpx.AsyncClient) -> None:

@@ -66,6 +66,19 @@ def test_serve_refuses_an_unmigrated_database(servers: ServerFactory, tmp_path: 
     assert "Traceback" not in result.output
 
 
+def test_serve_refuses_a_credit_scale_other_than_the_databases(servers: ServerFactory, tmp_path: Path) -> None:
+    created = servers.env(servers.sqlite_url(), free_port(), PREPAID_CREDIT_SCALE="6")
+    servers.migrate(created)  # the database is created at scale 6 and keeps it
+    for command in (["serve"], ["migrate"]):
+        result = run_prepaid(
+            *command, env={**created, "PREPAID_CREDIT_SCALE": "2"}, cwd=tmp_path, timeout=REFUSAL_TIMEOUT
+        )
+        assert result.returncode == 2, result.output
+        assert "PREPAID_CREDIT_SCALE=6" in result.output
+        assert "Traceback" not in result.output
+    assert run_prepaid("check", env=created, cwd=tmp_path).returncode == 0
+
+
 @pytest.mark.parametrize(
     "secret",
     [None, "dev-only-insecure-secret-key-change-me", "changeme", "short-random-Zq81xV"],

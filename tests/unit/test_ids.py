@@ -11,7 +11,7 @@ import pytest
 from prepaid.ids import PREFIXES, has_prefix, new_id
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-SHAPE = re.compile(rf"^[a-z]{{3}}_[{CROCKFORD}]{{26}}$")
+SHAPE = re.compile(rf"^[a-z]{{3,4}}_[{CROCKFORD}]{{26}}$")
 
 
 def decode_millis(value: str) -> int:
