@@ -19,13 +19,16 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import insert, text
 from sqlalchemy.engine import make_url
 
 from prepaid.app import create_app
 from prepaid.db import Base, Database, create_engine, open_database
+from prepaid.ledger.models import Account
+from prepaid.ledger.service import SYSTEM_ACCOUNTS
 from prepaid.migrate import upgrade
 from prepaid.models import load_all_models
+from prepaid.money import CREDIT
 from prepaid.settings import Settings
 
 REQUIRE_ALL = os.environ.get("PREPAID_REQUIRE_ALL") == "1"
@@ -96,12 +99,34 @@ def postgres_url() -> Iterator[str]:
 
 
 async def _truncate_all(url: str) -> None:
+    """Back to a freshly migrated database: every table emptied, then the rows the migrations seed (the
+    ledger's system accounts) put back, as the SQLite template copy has them."""
     load_all_models()
     tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
     engine = create_engine(url)
     try:
         async with engine.begin() as connection:
             await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+            await connection.execute(
+                insert(Account),
+                [
+                    {
+                        "id": account_id,
+                        "kind": "system",
+                        "code": code,
+                        "name": code,
+                        "asset": CREDIT,
+                        "balance": 0,
+                        "held": 0,
+                        "debt": 0,
+                        "clawback_debt": 0,
+                        "overdraft_limit": 0,
+                        "is_default": False,
+                        "frozen": False,
+                    }
+                    for code, account_id in SYSTEM_ACCOUNTS.items()
+                ],
+            )
     finally:
         await engine.dispose()
 

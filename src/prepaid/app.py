@@ -24,6 +24,7 @@ from prepaid.deps import SAFE_METHODS, OptionalPrincipal, client_ip, credentials
 from prepaid.errors import DomainError
 from prepaid.ledger import jobs as ledger_jobs
 from prepaid.ledger import service as ledger_service
+from prepaid.ledger.api import router as ledger_router
 from prepaid.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware, UnhandledErrorMiddleware
 from prepaid.notify import jobs as notify_jobs
 from prepaid.notify.email import build_mailer
@@ -143,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1 = [Depends(_limit_by_caller)]
     app.include_router(auth_router, dependencies=v1)
     app.include_router(audit_router, dependencies=v1)
+    app.include_router(ledger_router, dependencies=v1)
     app.include_router(_ops_router())
     app.include_router(web_router)
     app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")

@@ -5,10 +5,11 @@ for the same key and the same request (method, path, query and body); the same k
 ``400 idempotency_error``; a second request while the first is still running is ``409 conflict``.
 
 Keys are scoped per caller (the user, the API key, or the client address when anonymous), so two callers
-can never read each other's stored responses. A response is not stored when it is a server error, a rate
-limit, or a concurrency conflict: those are worth retrying with the same key. A claim left behind by a
-process that died mid-request is considered abandoned after ``ABANDONED_AFTER`` and may be taken again; the
-money operations behind a route carry their own idempotency keys, so that retry cannot count twice.
+can never read each other's stored responses. A response is not stored when it is a server error, a refusal
+for lack of credits (402), a rate limit, or a concurrency conflict: those are worth retrying with the same key.
+A claim left behind by a process that died mid-request is considered abandoned after ``ABANDONED_AFTER`` and
+may be taken again; the money operations behind a route carry their own idempotency keys, so that retry cannot
+count twice.
 
 Stored answers can hold secrets (a new API key, a token pair), so they are kept encrypted (AES-GCM) under a
 key derived from ``PREPAID_SECRET_KEY`` and the request itself (caller, key and raw body, none of which is
@@ -39,7 +40,8 @@ from prepaid.ids import new_id
 HEADER = "idempotency-key"
 MAX_KEY_LENGTH = 255
 ABANDONED_AFTER = timedelta(minutes=5)
-NOT_STORED_STATUSES = frozenset({409, 429})
+# 402: not enough credits now is worth retrying with the same key after a top-up.
+NOT_STORED_STATUSES = frozenset({402, 409, 429})
 # Headers a replay must not repeat: they belong to the transport or are re-added by outer middleware.
 NOT_REPLAYED_HEADERS = frozenset({b"content-length", b"date", b"server", b"x-request-id", b"set-cookie"})
 

@@ -10,6 +10,11 @@
 - ``server``: a server key an admin minted with every scope except ``admin``.
 - ``server_admin``: a server key an admin minted with the ``admin`` scope.
 
+Ledger rows act on the first user's wallets (``?customer=`` names the first user on the wallet lists, so
+``other`` is refused naming someone else); each money-moving call gets a funded wallet, a fresh hold and a
+fresh ``idempotency_key``. Debits and holds are made by apps (API keys with ``usage:write``) and admins, not by
+a signed-in person; grants by admins only.
+
 A cell is the exact status expected. 401 must be ``authentication_error``, 403 ``permission_error`` (wrong
 role, a missing scope, or an API key on a route for signed-in people only), 404 ``not_found`` (another user's
 resource: its existence is not revealed), and 2xx the route's success answer. Every request carries a valid
@@ -25,6 +30,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -33,34 +39,49 @@ from sqlalchemy import select
 
 from prepaid.app import create_app
 from prepaid.auth import service as auth_service
-from prepaid.db import Database
+from prepaid.db import Database, utcnow
+from prepaid.ledger import service as ledger_service
 from prepaid.notify.models import OutboxMessage
 from prepaid.settings import Settings
 from tests import factories
-from tests.factories import make_api_key, make_user
+from tests.factories import make_api_key, make_customer, make_user
 
 ROLES = ("anon", "user", "other", "admin", "key_usage", "key_balance", "server", "server_admin")
 
 MATRIX_TABLE = """
-method  path                              anon  user  other  admin  key_usage  key_balance  server  server_admin
-POST    /v1/auth/register                 201   201   201    201    201        201          201     201
-POST    /v1/auth/login                    200   200   200    200    200        200          200     200
-POST    /v1/auth/refresh                  200   200   200    200    200        200          200     200
-POST    /v1/auth/logout                   200   200   200    200    200        200          200     200
-POST    /v1/auth/password_reset           202   202   202    202    202        202          202     202
-POST    /v1/auth/password_reset/confirm   200   200   200    200    200        200          200     200
-POST    /v1/auth/verify_email             200   200   200    200    200        200          200     200
-POST    /v1/auth/verify_email/resend      202   202   202    202    202        202          202     202
-GET     /v1/me                            401   200   200    200    200        200          200     200
-PATCH   /v1/me                            401   200   200    200    403        403          403     403
-POST    /v1/me/delete                     401   200   200    200    403        403          403     403
-GET     /v1/users                         401   403   403    200    403        403          403     200
-GET     /v1/users/{user_id}               401   403   403    200    403        403          403     200
-PATCH   /v1/users/{user_id}               401   403   403    200    403        403          403     200
-POST    /v1/api_keys                      401   201   201    201    403        403          403     403
-GET     /v1/api_keys                      401   200   200    200    403        403          403     403
-DELETE  /v1/api_keys/{key_id}             401   200   404    200    403        403          403     403
-GET     /v1/audit_log                     401   403   403    200    403        403          403     200
+method  path                                  anon  user  other  admin  key_usage  key_balance  server  server_admin
+POST    /v1/auth/register                     201   201   201    201    201        201          201     201
+POST    /v1/auth/login                        200   200   200    200    200        200          200     200
+POST    /v1/auth/refresh                      200   200   200    200    200        200          200     200
+POST    /v1/auth/logout                       200   200   200    200    200        200          200     200
+POST    /v1/auth/password_reset               202   202   202    202    202        202          202     202
+POST    /v1/auth/password_reset/confirm       200   200   200    200    200        200          200     200
+POST    /v1/auth/verify_email                 200   200   200    200    200        200          200     200
+POST    /v1/auth/verify_email/resend          202   202   202    202    202        202          202     202
+GET     /v1/me                                401   200   200    200    200        200          200     200
+PATCH   /v1/me                                401   200   200    200    403        403          403     403
+POST    /v1/me/delete                         401   200   200    200    403        403          403     403
+GET     /v1/users                             401   403   403    200    403        403          403     200
+GET     /v1/users/{user_id}                   401   403   403    200    403        403          403     200
+PATCH   /v1/users/{user_id}                   401   403   403    200    403        403          403     200
+POST    /v1/api_keys                          401   201   201    201    403        403          403     403
+GET     /v1/api_keys                          401   200   200    200    403        403          403     403
+DELETE  /v1/api_keys/{key_id}                 401   200   404    200    403        403          403     403
+GET     /v1/audit_log                         401   403   403    200    403        403          403     200
+GET     /v1/wallets                           401   200   403    200    403        200          200     200
+POST    /v1/wallets                           401   201   403    201    403        403          201     201
+GET     /v1/wallets/{wallet_id}               401   200   404    200    403        200          200     200
+PATCH   /v1/wallets/{wallet_id}               401   200   404    200    403        403          200     200
+GET     /v1/wallets/{wallet_id}/transactions  401   200   404    200    403        200          200     200
+GET     /v1/wallets/{wallet_id}/lots          401   200   404    200    403        200          200     200
+GET     /v1/transactions/{transaction_id}     401   200   404    200    403        200          200     200
+POST    /v1/wallets/{wallet_id}/grants        401   403   403    201    403        403          403     201
+POST    /v1/wallets/{wallet_id}/debits        401   403   403    201    201        403          201     201
+POST    /v1/holds                             401   403   403    201    201        403          201     201
+GET     /v1/holds/{hold_id}                   401   200   404    200    200        200          200     200
+POST    /v1/holds/{hold_id}/capture           401   403   403    200    200        403          200     200
+POST    /v1/holds/{hold_id}/release           401   403   403    200    200        403          200     200
+POST    /v1/transfers                         401   201   404    201    201        403          201     201
 """
 
 ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found"}
@@ -111,25 +132,9 @@ class World:
         return self.keys[role].headers
 
 
-async def make_person(
-    app: Any, *, roles: list[str] | None = None, verified: bool = True
-) -> factories.TestUser:
-    """A signed-in person without a password (as a customer provisioned by an app is): argon2 costs a quarter
-    of a second per hash, and the matrix needs hundreds of callers. Routes that check a password get a
-    person from ``make_user`` instead."""
-    db: Database = app.state.db
-    email = f"person-{secrets.token_hex(4)}@example.com"
-    async with db.transaction() as session:
-        user = await auth_service.create_user(
-            session, email=email, password=None, name="Test User", roles=roles, email_verified=verified
-        )
-        pair = await auth_service.issue_tokens(session, user=user, settings=app.state.settings)
-    return factories.TestUser(user.id, email, "", pair.access_token, pair.refresh_token, list(user.roles))
-
-
 async def make_world(app: Any) -> World:
-    user = await make_person(app)
-    admin = await make_person(app, roles=["user", "admin"])
+    user = await make_customer(app)
+    admin = await make_customer(app, roles=["user", "admin"])
     keys = {
         "key_usage": await make_api_key(app, user, scopes=["usage:write"]),
         "key_balance": await make_api_key(app, user, scopes=["balance:read"]),
@@ -138,7 +143,7 @@ async def make_world(app: Any) -> World:
         ),
         "server_admin": await make_api_key(app, admin, scopes=["admin"], server=True),
     }
-    return World(app=app, user=user, other=await make_person(app), admin=admin, keys=keys)
+    return World(app=app, user=user, other=await make_customer(app), admin=admin, keys=keys)
 
 
 # ---------------------------------------------------------------- one valid request per operation
@@ -199,7 +204,7 @@ async def _password_reset(world: World, role: str) -> Call:
 
 async def _password_reset_confirm(world: World, role: str) -> Call:
     # A throwaway account: confirming a reset signs its owner out everywhere.
-    person = await make_person(world.app)
+    person = await make_customer(world.app)
     async with world.db.transaction() as session:
         await auth_service.request_password_reset(
             session, email=person.email, settings=world.app.state.settings
@@ -209,7 +214,7 @@ async def _password_reset_confirm(world: World, role: str) -> Call:
 
 
 async def _verify_email(world: World, role: str) -> Call:
-    person = await make_person(world.app, verified=False)
+    person = await make_customer(world.app, verified=False)
     async with world.db.transaction() as session:
         user = await auth_service.get_user(session, person.id)
         await auth_service.send_email_verification(session, user=user, settings=world.app.state.settings)
@@ -262,6 +267,103 @@ async def _audit_log(world: World, role: str) -> Call:
     return Call("/v1/audit_log")
 
 
+async def _user_wallet(world: World) -> str:
+    async with world.db.transaction(write=False) as session:
+        wallet = await ledger_service.default_wallet(session, user_id=world.user.id)
+    return wallet.id
+
+
+async def _funded_wallet(world: World, amount: int = 100) -> str:
+    wallet_id = await _user_wallet(world)
+    async with world.db.transaction() as session:
+        await ledger_service.grant(
+            session, wallet_id=wallet_id, amount=amount, idempotency_key=f"matrix:{secrets.token_hex(8)}"
+        )
+    return wallet_id
+
+
+async def _pending_hold(world: World) -> str:
+    wallet_id = await _funded_wallet(world)
+    async with world.db.transaction() as session:
+        movement = await ledger_service.hold(
+            session,
+            wallet_id=wallet_id,
+            amount=10,
+            expires_at=utcnow() + timedelta(hours=1),
+            idempotency_key=f"matrix:{secrets.token_hex(8)}",
+        )
+    assert movement.hold is not None
+    return movement.hold.id
+
+
+def _key() -> str:
+    return f"matrix-{secrets.token_hex(8)}"
+
+
+async def _wallets(world: World, role: str) -> Call:
+    return Call(f"/v1/wallets?customer={world.user.id}")
+
+
+async def _create_wallet(world: World, role: str) -> Call:
+    return Call(f"/v1/wallets?customer={world.user.id}", {"name": f"agent of {role}"})
+
+
+async def _wallet(world: World, role: str) -> Call:
+    return Call(f"/v1/wallets/{await _user_wallet(world)}")
+
+
+async def _update_wallet(world: World, role: str) -> Call:
+    return Call(f"/v1/wallets/{await _user_wallet(world)}", {"name": "Renamed wallet"})
+
+
+async def _wallet_transactions(world: World, role: str) -> Call:
+    return Call(f"/v1/wallets/{await _funded_wallet(world)}/transactions")
+
+
+async def _wallet_lots(world: World, role: str) -> Call:
+    return Call(f"/v1/wallets/{await _funded_wallet(world)}/lots")
+
+
+async def _transaction(world: World, role: str) -> Call:
+    wallet_id = await _user_wallet(world)
+    async with world.db.transaction() as session:
+        movement = await ledger_service.grant(session, wallet_id=wallet_id, amount=5, idempotency_key=_key())
+    return Call(f"/v1/transactions/{movement.transaction.id}")
+
+
+async def _grant(world: World, role: str) -> Call:
+    return Call(f"/v1/wallets/{await _user_wallet(world)}/grants", {"amount": 50, "idempotency_key": _key()})
+
+
+async def _debit(world: World, role: str) -> Call:
+    return Call(f"/v1/wallets/{await _funded_wallet(world)}/debits", {"amount": 7, "idempotency_key": _key()})
+
+
+async def _create_hold(world: World, role: str) -> Call:
+    body = {"wallet": await _funded_wallet(world), "amount": 7, "expires_in": 60, "idempotency_key": _key()}
+    return Call("/v1/holds", body)
+
+
+async def _hold(world: World, role: str) -> Call:
+    return Call(f"/v1/holds/{await _pending_hold(world)}")
+
+
+async def _capture(world: World, role: str) -> Call:
+    return Call(f"/v1/holds/{await _pending_hold(world)}/capture", {"amount": 4, "idempotency_key": _key()})
+
+
+async def _release(world: World, role: str) -> Call:
+    return Call(f"/v1/holds/{await _pending_hold(world)}/release", {"idempotency_key": _key()})
+
+
+async def _transfer(world: World, role: str) -> Call:
+    source = await _funded_wallet(world)
+    async with world.db.transaction() as session:
+        target = await ledger_service.open_wallet(session, user_id=world.user.id, name="agent")
+    body = {"from_wallet": source, "to_wallet": target.id, "amount": 9, "idempotency_key": _key()}
+    return Call("/v1/transfers", body)
+
+
 REQUESTS: dict[tuple[str, str], Prepare] = {
     ("POST", "/v1/auth/register"): _register,
     ("POST", "/v1/auth/login"): _login,
@@ -281,6 +383,20 @@ REQUESTS: dict[tuple[str, str], Prepare] = {
     ("GET", "/v1/api_keys"): _list_keys,
     ("DELETE", "/v1/api_keys/{key_id}"): _revoke_key,
     ("GET", "/v1/audit_log"): _audit_log,
+    ("GET", "/v1/wallets"): _wallets,
+    ("POST", "/v1/wallets"): _create_wallet,
+    ("GET", "/v1/wallets/{wallet_id}"): _wallet,
+    ("PATCH", "/v1/wallets/{wallet_id}"): _update_wallet,
+    ("GET", "/v1/wallets/{wallet_id}/transactions"): _wallet_transactions,
+    ("GET", "/v1/wallets/{wallet_id}/lots"): _wallet_lots,
+    ("GET", "/v1/transactions/{transaction_id}"): _transaction,
+    ("POST", "/v1/wallets/{wallet_id}/grants"): _grant,
+    ("POST", "/v1/wallets/{wallet_id}/debits"): _debit,
+    ("POST", "/v1/holds"): _create_hold,
+    ("GET", "/v1/holds/{hold_id}"): _hold,
+    ("POST", "/v1/holds/{hold_id}/capture"): _capture,
+    ("POST", "/v1/holds/{hold_id}/release"): _release,
+    ("POST", "/v1/transfers"): _transfer,
 }
 
 # Operations whose success changes the callers themselves (deleting your account ends your keys too): each

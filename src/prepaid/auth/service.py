@@ -131,6 +131,16 @@ async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
     return await session.scalar(select(User).where(User.email == normalize_email(email)))
 
 
+async def find_customer(session: AsyncSession, reference: str) -> User:
+    """A customer named by their user id or by the app's own ``external_id`` (the id is tried first)."""
+    user = await session.get(User, reference)
+    if user is None:
+        user = await session.scalar(select(User).where(User.external_id == reference))
+    if user is None or user.deleted_at is not None:
+        raise NotFound(f"No customer {reference}.", param="customer")
+    return user
+
+
 async def create_user(
     session: AsyncSession,
     *,

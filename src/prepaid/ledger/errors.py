@@ -8,6 +8,7 @@ class InsufficientCredits(InsufficientFunds):
         super().__init__(
             f"Not enough credits: {available} available.",
             code="insufficient_credits",
+            param="amount",
             available=available,
             asset=asset,
             wallet_id=wallet_id,

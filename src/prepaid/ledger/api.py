@@ -1,0 +1,329 @@
+"""Wallets, transactions, lots, grants, debits, holds and transfers over HTTP.
+
+Routes authorise through ``ledger.access`` (another user's wallet answers 404), make one movement through
+``ledger.service`` with the caller's ``idempotency_key`` scoped by ``access.ledger_key``, and answer a schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, status
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from prepaid.db import utcnow
+from prepaid.deps import Admin, Pagination, Principal, Session, SettingsDep
+from prepaid.ledger import access, service
+from prepaid.ledger.models import Account, Hold, Transaction
+from prepaid.ledger.schemas import (
+    CaptureRequest,
+    DebitCreate,
+    GrantCreate,
+    HoldCreate,
+    HoldRead,
+    Kind,
+    LotRead,
+    MovementRead,
+    ReleaseRequest,
+    TransactionRead,
+    TransferCreate,
+    WalletCreate,
+    WalletRead,
+    WalletUpdate,
+)
+from prepaid.pagination import ListResponse
+from prepaid.schemas import Timestamp
+
+router = APIRouter(prefix="/v1", tags=["ledger"])
+IdPath = Annotated[str, Path(max_length=64)]
+Customer = Annotated[
+    str | None,
+    Query(
+        max_length=128,
+        description="Another customer, by user id or external id (admins, and server keys with the scope).",
+    ),
+]
+
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+_ERROR_DESCRIPTIONS = {
+    402: "Not enough credits: type insufficient_funds, code insufficient_credits, with `available` and `asset`",
+    404: "No such wallet, hold or customer, or not one of yours",
+    409: "The wallet is frozen (wallet_frozen), the hold is no longer pending (hold_not_pending), or a request "
+    "with this Idempotency-Key is still running",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"description": _ERROR_DESCRIPTIONS[code], "content": _ERROR_CONTENT} for code in statuses}
+
+
+# ---------------------------------------------------------------- who may act on what
+
+
+async def _own_customer(principal: Principal, session: Session, customer: Customer = None) -> str:
+    access.require_scope(principal, access.READ)
+    return await access.customer_id(session, principal, customer, access.READ)
+
+
+async def _new_wallet_owner(principal: Principal, session: Session, customer: Customer = None) -> str:
+    access.require_scope(principal, access.MANAGE)
+    return await access.customer_id(session, principal, customer, access.MANAGE)
+
+
+async def _readable_wallet(wallet_id: IdPath, principal: Principal, session: Session) -> Account:
+    return await access.wallet(session, principal, wallet_id, access.READ)
+
+
+async def _managed_wallet(wallet_id: IdPath, principal: Principal, session: Session) -> Account:
+    return await access.wallet(session, principal, wallet_id, access.MANAGE)
+
+
+async def _granted_wallet(wallet_id: IdPath, admin: Admin, session: Session) -> Account:
+    return await access.wallet(session, admin, wallet_id, access.SPEND)
+
+
+async def _spendable_wallet(wallet_id: IdPath, principal: Principal, session: Session) -> Account:
+    return await access.spendable_wallet(session, principal, wallet_id)
+
+
+async def _readable_hold(hold_id: IdPath, principal: Principal, session: Session) -> Hold:
+    return await access.hold(session, principal, hold_id, access.READ, access.SPEND)
+
+
+async def _resolvable_hold(hold_id: IdPath, principal: Principal, session: Session) -> Hold:
+    access.require_app_or_admin(principal)
+    return await access.hold(session, principal, hold_id, access.SPEND)
+
+
+async def _readable_transaction(
+    transaction_id: IdPath, principal: Principal, session: Session
+) -> Transaction:
+    return await access.transaction(session, principal, transaction_id)
+
+
+CustomerToRead = Annotated[str, Depends(_own_customer)]
+CustomerToOpenFor = Annotated[str, Depends(_new_wallet_owner)]
+ReadableWallet = Annotated[Account, Depends(_readable_wallet)]
+ManagedWallet = Annotated[Account, Depends(_managed_wallet)]
+GrantedWallet = Annotated[Account, Depends(_granted_wallet)]
+SpendableWallet = Annotated[Account, Depends(_spendable_wallet)]
+ReadableHold = Annotated[Hold, Depends(_readable_hold)]
+ResolvableHold = Annotated[Hold, Depends(_resolvable_hold)]
+ReadableTransaction = Annotated[Transaction, Depends(_readable_transaction)]
+
+
+# ---------------------------------------------------------------- answers
+
+
+async def _wallet_reads(session: AsyncSession, wallets: Sequence[Account]) -> list[WalletRead]:
+    parts = await service.lot_parts(session, wallet_ids=[wallet.id for wallet in wallets])
+    return [WalletRead.of(wallet, parts[wallet.id]) for wallet in wallets]
+
+
+async def _transaction_reads(
+    session: AsyncSession, transactions: Sequence[Transaction]
+) -> list[TransactionRead]:
+    postings = await service.postings_by_transaction(session, transaction_ids=[t.id for t in transactions])
+    return [TransactionRead.of(transaction, postings[transaction.id]) for transaction in transactions]
+
+
+async def _movement_read(
+    session: AsyncSession, movement: service.Movement, *, wallet_id: str, to_wallet_id: str | None = None
+) -> MovementRead:
+    transaction_id = movement.transaction.id
+    postings = await service.postings_by_transaction(session, transaction_ids=[transaction_id])
+    return MovementRead.of(movement, postings[transaction_id], wallet_id=wallet_id, to_wallet_id=to_wallet_id)
+
+
+# ---------------------------------------------------------------- wallets
+
+
+@router.get("/wallets", responses=_errors(404))
+async def list_wallets(
+    user_id: CustomerToRead, session: Session, page: Pagination
+) -> ListResponse[WalletRead]:
+    wallets = await service.list_wallets(session, user_id=user_id, params=page)
+    return ListResponse[WalletRead](
+        data=await _wallet_reads(session, wallets.data), has_more=wallets.has_more
+    )
+
+
+@router.post("/wallets", status_code=status.HTTP_201_CREATED, responses=_errors(404))
+async def create_wallet(
+    body: WalletCreate, user_id: CustomerToOpenFor, principal: Principal, session: Session
+) -> WalletRead:
+    wallet = await service.create_wallet(
+        session,
+        user_id=user_id,
+        name=body.name,
+        low_balance_threshold=body.low_balance_threshold,
+        actor=access.audit_actor(principal, user_id),
+    )
+    return (await _wallet_reads(session, [wallet]))[0]
+
+
+@router.get("/wallets/{wallet_id}")
+async def get_wallet(wallet: ReadableWallet, session: Session) -> WalletRead:
+    return (await _wallet_reads(session, [wallet]))[0]
+
+
+@router.patch("/wallets/{wallet_id}")
+async def update_wallet(
+    body: WalletUpdate, wallet: ManagedWallet, principal: Principal, session: Session
+) -> WalletRead:
+    updated = await service.update_wallet(
+        session,
+        wallet_id=wallet.id,
+        as_admin=principal.is_admin,
+        actor=access.audit_actor(principal, wallet.user_id),
+        name=body.name,
+        low_balance_threshold=body.low_balance_threshold,
+        clear_low_balance_threshold="low_balance_threshold" in body.model_fields_set,
+        overdraft_limit=body.overdraft_limit,
+        frozen=body.frozen,
+    )
+    return (await _wallet_reads(session, [updated]))[0]
+
+
+@router.get("/wallets/{wallet_id}/transactions")
+async def list_wallet_transactions(
+    wallet: ReadableWallet,
+    session: Session,
+    page: Pagination,
+    kind: Kind | None = None,
+    created_after: Timestamp | None = None,
+    created_before: Timestamp | None = None,
+) -> ListResponse[TransactionRead]:
+    transactions = await service.list_transactions(
+        session,
+        wallet=wallet,
+        params=page,
+        kind=kind,
+        created_after=created_after,
+        created_before=created_before,
+    )
+    data = await _transaction_reads(session, transactions.data)
+    return ListResponse[TransactionRead](data=data, has_more=transactions.has_more)
+
+
+@router.get("/wallets/{wallet_id}/lots")
+async def list_wallet_lots(
+    wallet: ReadableWallet, session: Session, page: Pagination
+) -> ListResponse[LotRead]:
+    lots = await service.list_lots(session, wallet_id=wallet.id, params=page)
+    return ListResponse[LotRead].of(lots, LotRead)
+
+
+@router.get("/transactions/{transaction_id}")
+async def get_transaction(transaction: ReadableTransaction, session: Session) -> TransactionRead:
+    return (await _transaction_reads(session, [transaction]))[0]
+
+
+# ---------------------------------------------------------------- movements
+
+
+@router.post("/wallets/{wallet_id}/grants", status_code=status.HTTP_201_CREATED)
+async def grant_credits(
+    body: GrantCreate, wallet: GrantedWallet, admin: Admin, session: Session
+) -> MovementRead:
+    movement = await service.grant_credits(
+        session,
+        wallet_id=wallet.id,
+        amount=body.amount,
+        idempotency_key=access.ledger_key(admin, body.idempotency_key),
+        actor=admin.audit_actor,
+        source=body.source,
+        priority=body.priority,
+        expires_at=body.expires_at,
+        memo=body.reason,
+    )
+    return await _movement_read(session, movement, wallet_id=wallet.id)
+
+
+@router.post("/wallets/{wallet_id}/debits", status_code=status.HTTP_201_CREATED, responses=_errors(402, 409))
+async def debit_wallet(
+    body: DebitCreate, wallet: SpendableWallet, principal: Principal, session: Session
+) -> MovementRead:
+    movement = await service.spend(
+        session,
+        wallet_id=wallet.id,
+        amount=body.amount,
+        idempotency_key=access.ledger_key(principal, body.idempotency_key),
+        memo=body.reason,
+        actor_user_id=principal.user.id,
+    )
+    return await _movement_read(session, movement, wallet_id=wallet.id)
+
+
+@router.post("/holds", status_code=status.HTTP_201_CREATED, responses=_errors(402, 404, 409))
+async def create_hold(body: HoldCreate, principal: Principal, session: Session) -> MovementRead:
+    wallet = await access.spendable_wallet(session, principal, body.wallet, param="wallet")
+    movement = await service.hold(
+        session,
+        wallet_id=wallet.id,
+        amount=body.amount,
+        expires_at=body.expiry(utcnow()),
+        idempotency_key=access.ledger_key(principal, body.idempotency_key),
+        memo=body.reason,
+        actor_user_id=principal.user.id,
+    )
+    return await _movement_read(session, movement, wallet_id=wallet.id)
+
+
+@router.get("/holds/{hold_id}")
+async def get_hold(hold: ReadableHold) -> HoldRead:
+    return HoldRead.of(hold)
+
+
+@router.post("/holds/{hold_id}/capture", responses=_errors(409))
+async def capture_hold(
+    body: CaptureRequest, hold: ResolvableHold, principal: Principal, session: Session
+) -> MovementRead:
+    movement = await service.capture(
+        session,
+        hold_id=hold.id,
+        amount=hold.amount if body.amount is None else body.amount,
+        idempotency_key=access.ledger_key(principal, body.idempotency_key),
+        memo=body.reason,
+        actor_user_id=principal.user.id,
+    )
+    return await _movement_read(session, movement, wallet_id=hold.wallet_id)
+
+
+@router.post("/holds/{hold_id}/release", responses=_errors(409))
+async def release_hold(
+    body: ReleaseRequest, hold: ResolvableHold, principal: Principal, session: Session
+) -> MovementRead:
+    movement = await service.release(
+        session,
+        hold_id=hold.id,
+        idempotency_key=access.ledger_key(principal, body.idempotency_key),
+        memo=body.reason,
+        actor_user_id=principal.user.id,
+    )
+    return await _movement_read(session, movement, wallet_id=hold.wallet_id)
+
+
+@router.post("/transfers", status_code=status.HTTP_201_CREATED, responses=_errors(402, 404, 409))
+async def transfer_credits(
+    body: TransferCreate, principal: Principal, session: Session, settings: SettingsDep
+) -> MovementRead:
+    source, target = await access.transfer_wallets(
+        session,
+        principal,
+        body.from_wallet,
+        body.to_wallet,
+        allow_user_transfers=settings.allow_user_transfers,
+    )
+    movement = await service.transfer(
+        session,
+        from_wallet_id=source.id,
+        to_wallet_id=target.id,
+        amount=body.amount,
+        idempotency_key=access.ledger_key(principal, body.idempotency_key),
+        memo=body.reason,
+        actor_user_id=principal.user.id,
+    )
+    shown = target.id if access.shows_balance(principal, target) else None
+    return await _movement_read(session, movement, wallet_id=source.id, to_wallet_id=shown)
