@@ -229,7 +229,11 @@ def check() -> None:
         finally:
             await db.dispose()
 
-    breaches = asyncio.run(run())
+    try:
+        breaches = asyncio.run(run())
+    except Exception as error:
+        err.print(f"[bold red]Cannot check the ledger:[/] {type(error).__name__}; is the database migrated?")
+        raise typer.Exit(2) from None
     if not breaches:
         console.print("[green]Ledger check passed: every invariant holds.[/]")
         return

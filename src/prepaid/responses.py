@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -82,6 +83,18 @@ def install_error_handlers(app: FastAPI) -> None:
         if error.status_code == 405:
             headers = {**(headers or {}), "Allow": _allowed_methods(request)}
         return JSONResponse(error_body(type_, code, message), status_code=error.status_code, headers=headers)
+
+    @app.exception_handler(IntegrityError)
+    async def integrity_error(_request: Request, error: IntegrityError) -> JSONResponse:
+        # Two requests raced for the same unique thing (say one idempotency key on two wallets at once): the
+        # loser changed nothing and may retry.
+        log.warning("integrity_conflict", error_type=type(error.orig).__name__)
+        return JSONResponse(
+            error_body(
+                "conflict", "concurrent_conflict", "A concurrent request conflicted with this one; retry it."
+            ),
+            status_code=409,
+        )
 
     @app.exception_handler(Exception)
     async def unexpected_error(_request: Request, error: Exception) -> JSONResponse:

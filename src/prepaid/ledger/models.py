@@ -8,6 +8,10 @@ side of every movement and keep no cached balance, so no movement ever waits on 
 
 A wallet's credits live in lots. ``wallet.balance = sum(lot.remaining) - debt`` always holds; a pending hold's
 credits are taken out of their lots into hold allocations and go back (release) or out (capture).
+
+The many-to-one relationships below are never loaded (``lazy="raise"``): they are there so the unit of work
+inserts a transaction before the postings, lots and holds that refer to it (without a relationship SQLAlchemy
+does not order inserts across tables, and the foreign keys are checked at once).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from sqlalchemy import (
     Integer,
     String,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from prepaid.db import Base, JSONType, UTCDateTime, utcnow
 
@@ -130,6 +134,9 @@ class Posting(Base):
     amount: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
+    transaction: Mapped[Transaction] = relationship(lazy="raise")
+    account: Mapped[Account] = relationship(lazy="raise")
+
 
 class Lot(Base):
     __tablename__ = "ledger_lot"
@@ -151,6 +158,9 @@ class Lot(Base):
     remaining: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    transaction: Mapped[Transaction] = relationship(lazy="raise")
+    wallet: Mapped[Account] = relationship(lazy="raise")
 
 
 class Hold(Base):
@@ -178,6 +188,12 @@ class Hold(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
+    hold_transaction: Mapped[Transaction] = relationship(foreign_keys=[hold_transaction_id], lazy="raise")
+    resolve_transaction: Mapped[Transaction | None] = relationship(
+        foreign_keys=[resolve_transaction_id], lazy="raise"
+    )
+    wallet: Mapped[Account] = relationship(lazy="raise")
+
 
 class HoldAllocation(Base):
     """Which lots a pending hold took its credits from, so a release puts them back where they were."""
@@ -189,3 +205,6 @@ class HoldAllocation(Base):
     hold_id: Mapped[str] = mapped_column(ForeignKey("ledger_hold.id"), index=True)
     lot_id: Mapped[str | None] = mapped_column(ForeignKey("ledger_lot.id"))  # None: taken on overdraft
     amount: Mapped[int] = mapped_column(BigInteger)
+
+    hold: Mapped[Hold] = relationship(lazy="raise")
+    lot: Mapped[Lot | None] = relationship(lazy="raise")

@@ -27,8 +27,9 @@ from typing import Any, Literal
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from prepaid.audit import service as audit_service
 from prepaid.db import utcnow
-from prepaid.errors import IdempotencyError, InvalidRequest, NotFound
+from prepaid.errors import IdempotencyError, InvalidRequest, NotFound, PermissionDenied
 from prepaid.ids import new_id
 from prepaid.ledger.errors import (
     AssetMismatch,
@@ -147,6 +148,92 @@ async def open_wallet(
     return wallet
 
 
+async def create_wallet(
+    session: AsyncSession,
+    *,
+    user_id: str,
+    name: str,
+    low_balance_threshold: int | None = None,
+    actor: audit_service.Actor | None = None,
+) -> Account:
+    """A named extra wallet (one per AI agent, say). With ``actor`` (an admin opening it for a customer) the
+    audit log records it."""
+    wallet = await open_wallet(
+        session, user_id=user_id, name=name, low_balance_threshold=low_balance_threshold
+    )
+    if actor is not None:
+        await audit_service.record(
+            session,
+            actor=actor,
+            action="wallet.create",
+            object_type="wallet",
+            object_id=wallet.id,
+            before=None,
+            after={"user_id": user_id, **_wallet_settings(wallet)},
+        )
+    return wallet
+
+
+def _wallet_settings(wallet: Account) -> dict[str, Any]:
+    return {
+        "name": wallet.name,
+        "low_balance_threshold": wallet.low_balance_threshold,
+        "overdraft_limit": wallet.overdraft_limit,
+        "frozen": wallet.frozen,
+    }
+
+
+async def update_wallet(
+    session: AsyncSession,
+    *,
+    wallet_id: str,
+    as_admin: bool,
+    actor: audit_service.Actor | None,
+    name: str | None = None,
+    low_balance_threshold: int | None = None,
+    clear_low_balance_threshold: bool = False,
+    overdraft_limit: int | None = None,
+    frozen: bool | None = None,
+) -> Account:
+    """The owner's settings (name, low-balance threshold) and the admin's (overdraft limit, frozen). The
+    wallet is locked first: a lower overdraft limit must still cover what the wallet already owes. With
+    ``actor`` a change is recorded in the audit log."""
+    for field_name, value in (("overdraft_limit", overdraft_limit), ("frozen", frozen)):
+        if value is not None and not as_admin:
+            raise PermissionDenied(
+                f"Only admins can change a wallet's {field_name}.", code="admin_required", param=field_name
+            )
+    wallet = (await _lock_wallets(session, [wallet_id]))[wallet_id]
+    if overdraft_limit is not None and wallet.balance < -(overdraft_limit + wallet.clawback_debt):
+        raise InvalidRequest(
+            f"The wallet is {-wallet.balance} below zero; the overdraft limit cannot be set under what it "
+            "already uses.",
+            code="overdraft_limit_too_low",
+            param="overdraft_limit",
+        )
+    before = _wallet_settings(wallet)
+    if name is not None:
+        wallet.name = name
+    if low_balance_threshold is not None or clear_low_balance_threshold:
+        wallet.low_balance_threshold = low_balance_threshold
+    if overdraft_limit is not None:
+        wallet.overdraft_limit = overdraft_limit
+    if frozen is not None:
+        wallet.frozen = frozen
+    after = _wallet_settings(wallet)
+    if actor is not None and after != before:
+        await audit_service.record(
+            session,
+            actor=actor,
+            action="wallet.update",
+            object_type="wallet",
+            object_id=wallet.id,
+            before=before,
+            after=after,
+        )
+    return wallet
+
+
 # ---------------------------------------------------------------- reads
 
 
@@ -234,6 +321,45 @@ async def get_hold(session: AsyncSession, hold_id: str) -> Hold:
     return hold
 
 
+async def lot_parts(
+    session: AsyncSession, *, wallet_ids: Sequence[str], now: datetime | None = None
+) -> dict[str, dict[str, int]]:
+    """What each wallet's live lots (credits left, not expired) hold, by source; every source is present.
+
+    The parts add up to ``available + debt`` once expired lots are swept: credits reserved by pending holds
+    are out of their lots until the hold is captured or released."""
+    parts: dict[str, dict[str, int]] = {wallet_id: dict.fromkeys(SOURCES, 0) for wallet_id in wallet_ids}
+    if not parts:
+        return parts
+    now = now or utcnow()
+    rows = await session.execute(
+        select(Lot.wallet_id, Lot.source, func.sum(Lot.remaining))
+        .where(
+            Lot.wallet_id.in_(list(parts)),
+            Lot.remaining > 0,
+            or_(Lot.expires_at.is_(None), Lot.expires_at > now),
+        )
+        .group_by(Lot.wallet_id, Lot.source)
+    )
+    for wallet_id, source, total in rows:
+        parts[wallet_id][source] = int(total or 0)
+    return parts
+
+
+async def postings_by_transaction(
+    session: AsyncSession, *, transaction_ids: Sequence[str]
+) -> dict[str, list[Posting]]:
+    """The postings of several transactions, in the order they were written, in one query."""
+    found: dict[str, list[Posting]] = {transaction_id: [] for transaction_id in transaction_ids}
+    if found:
+        rows = await session.scalars(
+            select(Posting).where(Posting.transaction_id.in_(list(found))).order_by(Posting.id)
+        )
+        for posting in rows:
+            found[posting.transaction_id].append(posting)
+    return found
+
+
 # ---------------------------------------------------------------- the machinery
 
 
@@ -263,10 +389,11 @@ async def _replay(
         raise IdempotencyError(
             "This idempotency key was already used for a different movement.", param="idempotency_key"
         )
+    # Fresh from the database: a capture or release may have loaded this hold before the wallet's lock.
     hold = await session.scalar(
-        select(Hold).where(
-            or_(Hold.hold_transaction_id == existing.id, Hold.resolve_transaction_id == existing.id)
-        )
+        select(Hold)
+        .where(or_(Hold.hold_transaction_id == existing.id, Hold.resolve_transaction_id == existing.id))
+        .execution_options(populate_existing=True)
     )
     return Movement(existing, {w.id: _snapshot(w) for w in wallets}, hold=hold, replayed=True)
 
@@ -276,9 +403,9 @@ def _require_positive(amount: int, param: str = "amount") -> None:
         raise InvalidRequest("The amount must be a positive integer.", code="invalid_amount", param=param)
 
 
-def _require_active(wallet: Account) -> None:
+def _require_active(wallet: Account, param: str = "wallet_id") -> None:
     if wallet.frozen:
-        raise WalletFrozen(f"Wallet {wallet.id} is frozen.", param="wallet_id")
+        raise WalletFrozen(f"Wallet {wallet.id} is frozen.", param=param)
 
 
 async def _live_lots(session: AsyncSession, wallet: Account) -> list[Lot]:
@@ -330,13 +457,22 @@ def _repay_debt(wallet: Account, amount: int) -> int:
 
 
 def _cancel_overdraft(
-    session: AsyncSession, *, wallet: Account, amount: int, transaction_id: str, moves: list[list[Any]]
+    session: AsyncSession,
+    *,
+    wallet: Account,
+    amount: int,
+    transaction_id: str,
+    moves: list[list[Any]],
+    clawback: bool = False,
 ) -> int:
     """Credits taken on overdraft come back (a released hold, a reversed spend): they cancel the debt they
     made; if a grant repaid that debt meanwhile, the wallet gets them back as a ``refund`` lot. Returns the
-    debt cancelled."""
+    debt cancelled. A reversed clawback cancels clawback debt (``clawback=True``), anything else overdraft
+    debt first."""
     cancelled = min(amount, wallet.debt)
     wallet.debt -= cancelled
+    if clawback:
+        wallet.clawback_debt = max(0, wallet.clawback_debt - cancelled)
     wallet.clawback_debt = min(wallet.clawback_debt, wallet.debt)
     if amount > cancelled:
         lot = _open_lot(
@@ -512,6 +648,67 @@ async def grant(
         transaction.lot_moves = [[lot.id, amount - repaid]]
     wallet.balance += amount
     return Movement(transaction, {wallet.id: _snapshot(wallet)})
+
+
+# An admin's grant takes the other side from the system account that matches the credits' source.
+GRANT_COUNTERPARTY: dict[str, str] = {
+    "promotional": "@promotions",
+    "paid": "@sales",
+    "refund": "@refunds",
+    "adjustment": "@adjustments",
+}
+
+
+async def grant_credits(
+    session: AsyncSession,
+    *,
+    wallet_id: str,
+    amount: int,
+    idempotency_key: str,
+    actor: audit_service.Actor,
+    source: Source = "promotional",
+    priority: int | None = None,
+    expires_at: datetime | None = None,
+    memo: str = "",
+) -> Movement:
+    """An admin allots credits to a wallet (a user's agent wallet, say): a ``grant`` from the system account of
+    the source, recorded in the audit log (once: a replay of the same key records nothing)."""
+    if source not in GRANT_COUNTERPARTY:
+        raise InvalidRequest(f"Unknown source {source}.", code="invalid_source", param="source")
+    movement = await grant(
+        session,
+        wallet_id=wallet_id,
+        amount=amount,
+        idempotency_key=idempotency_key,
+        source=source,
+        priority=priority,
+        expires_at=expires_at,
+        counterparty=GRANT_COUNTERPARTY[source],
+        memo=memo,
+        actor_user_id=actor.user_id,
+    )
+    if not movement.replayed:
+        after = movement.balances[wallet_id]
+        await audit_service.record(
+            session,
+            actor=actor,
+            action="wallet.grant",
+            object_type="wallet",
+            object_id=wallet_id,
+            before=None,
+            after={
+                "transaction_id": movement.transaction.id,
+                "amount": amount,
+                "asset": after.asset,
+                "source": source,
+                "priority": priority,
+                "expires_at": expires_at.isoformat() if expires_at else None,
+                "reason": memo,
+                "available": after.available,
+                "debt": after.debt,
+            },
+        )
+    return movement
 
 
 # ---------------------------------------------------------------- credits out
@@ -887,11 +1084,11 @@ async def transfer(
             f"Wallet {source.id} holds {source.asset} and wallet {target.id} holds {target.asset}.",
             param="to_wallet",
         )
-    _require_active(source)
-    _require_active(target)
+    _require_active(source, "from_wallet")
+    _require_active(target, "to_wallet")
     lots = await _spendable_lots(session, source, utcnow())
     if source.balance < amount:
-        raise InsufficientCredits(available=max(0, source.balance), asset=source.asset, wallet_id=source.id)
+        raise InsufficientCredits(available=source.balance, asset=source.asset, wallet_id=source.id)
     transaction = _new_transaction(
         session,
         kind="transfer",
@@ -990,9 +1187,15 @@ async def reverse(
             shortfall += moved - back
             if back:
                 moves.append([lot_id, -back])
-    if original.debt_change > 0:  # a spend on overdraft is no longer owed
+    if original.debt_change > 0:  # a spend on overdraft (or a negative adjustment's debt) is no longer owed
+        # clawback() records what it took in the metadata; the debt it left is clawback debt.
         _cancel_overdraft(
-            session, wallet=wallet, amount=original.debt_change, transaction_id=transaction.id, moves=moves
+            session,
+            wallet=wallet,
+            amount=original.debt_change,
+            transaction_id=transaction.id,
+            moves=moves,
+            clawback="taken" in original.metadata_,
         )
     elif original.debt_change < 0:
         _add_debt(wallet, -original.debt_change, clawback=True)  # the debt that grant repaid is owed again
@@ -1025,7 +1228,7 @@ async def expire_due_holds(session: AsyncSession, *, now: datetime, limit: int =
         await session.execute(
             select(Hold.id, Hold.wallet_id)
             .where(Hold.status == "pending", Hold.expires_at <= now)
-            .order_by(Hold.wallet_id)
+            .order_by(Hold.wallet_id, Hold.id)  # oldest first within a wallet, the same on every engine
             .limit(limit)
         )
     )
