@@ -66,7 +66,9 @@ def test_serve_refuses_an_unmigrated_database(servers: ServerFactory, tmp_path: 
     assert "Traceback" not in result.output
 
 
-def test_serve_refuses_a_credit_scale_other_than_the_databases(servers: ServerFactory, tmp_path: Path) -> None:
+def test_serve_refuses_a_credit_scale_other_than_the_databases(
+    servers: ServerFactory, tmp_path: Path
+) -> None:
     created = servers.env(servers.sqlite_url(), free_port(), PREPAID_CREDIT_SCALE="6")
     servers.migrate(created)  # the database is created at scale 6 and keeps it
     for command in (["serve"], ["migrate"]):
