@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from bench import bench_auth
+from bench import ledger as bench_ledger
 from tests.conftest import run_blocking
 
 
@@ -18,3 +20,46 @@ def test_auth_benchmark_runs_and_prints_its_table(
     assert all(r.count == 20 and len(r.latencies) == 20 for r in results)
     bench_auth.print_table(results)
     assert "ops/s" in capsys.readouterr().out
+
+
+def test_ledger_benchmark_runs_every_path_and_leaves_the_books_clean(
+    sqlite_only_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = bench_ledger.Config(
+        database_url=sqlite_only_database,
+        seconds=None,
+        spends=12,
+        concurrency=[3],
+        wallets=20,
+        warmup=2,
+        folder=tmp_path,
+        progress=False,
+    )
+    report = run_blocking(lambda: bench_ledger.run_fast(bench_ledger.run(config)))
+
+    assert report.engine == "sqlite"
+    assert report.workers == 1
+    assert [(row.wallets, row.clients, row.path) for row in report.rows] == [
+        (wallets, clients, path)
+        for wallets in ("hot", "20")
+        for clients in (3,)
+        for path in ("http", "service", "raw")
+    ]
+    assert all(row.sample.count == 12 and row.sample.errors == 0 for row in report.rows)
+    assert all(len(row.sample.latencies) == 12 for row in report.rows)
+    assert all(report.ratio(row) == 1.0 for row in report.rows if row.path == "raw")
+    assert report.breaches == []
+
+    table = bench_ledger.table_lines(report)
+    assert " ".join(table[0].split()) == "wallets clients path spends spends/s p50 ms p99 ms vs raw errors"
+    assert [line.split()[:3] for line in table[2:]] == [
+        [wallets, str(clients), label]
+        for wallets in ("hot", "20")
+        for clients in (3,)
+        for label in ("HTTP", "service", "raw")
+    ]
+    assert all(line.split()[-6] == "12" and line.split()[-1] == "0" for line in table[2:])
+    bench_ledger.print_report(report)
+    out = capsys.readouterr().out
+    assert all(line in out for line in table)
+    assert "prepaid check: clean" in out

@@ -1,0 +1,819 @@
+"""Spends per second and p50/p99 latency of a debit of 1 credit, on one hot wallet and on many wallets, at
+several concurrencies, along three paths on the same database in the same run:
+
+- ``HTTP``: ``POST /v1/wallets/{id}/debits`` to a real ``prepaid serve`` (2 workers on PostgreSQL, 1 on
+  SQLite), driven by keep-alive httpx clients in a separate process (``bench/_load.py``);
+- ``service``: ``ledger.service.spend`` called in this process, each spend in its own ``db.transaction()``;
+- ``raw SQL``: the same debit written by hand with the bare driver (asyncpg on PostgreSQL, aiosqlite on
+  SQLite): a conditional ``UPDATE ledger_account ... WHERE balance >= amount``, the lot decremented, the
+  transaction and its two postings inserted, in one transaction. The books stay balanced, so
+  ``prepaid check`` is clean after the run whatever the path.
+
+Each row shows its throughput as a fraction of the raw SQL row with the same wallets and clients. With
+``--paths ...,floor`` a fourth row, ``HTTP+raw``, drives a bare FastAPI route doing the raw SQL debit under
+uvicorn with the same workers (``bench/_floor_app.py``): roughly the ceiling of a Python HTTP server here.
+A second table gives the CPU milliseconds each spend cost the app, the HTTP load process and PostgreSQL.
+
+    python bench/ledger.py [--database-url URL] [--seconds 10 | --spends N] [--concurrency 1,8,32]
+                           [--wallets 10000] [--paths http,floor,service,raw]
+
+Without ``--database-url`` it runs on a temporary SQLite file. A PostgreSQL URL should name an empty
+database the benchmark may migrate and fill (``createdb prepaid_bench``); wallets are seeded with bulk
+inserts that keep balances, lots and postings consistent, and the invariant check runs at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert
+
+if not __package__:  # run as a script (python bench/ledger.py): make the ``bench`` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import _server
+from bench._load import Operation, Sample, drive, run_fast
+from prepaid.auth import service as auth_service
+from prepaid.db import Database, open_database, utcnow
+from prepaid.ids import new_id
+from prepaid.ledger import service as ledger
+from prepaid.ledger.errors import InsufficientCredits
+from prepaid.ledger.models import Account, Lot, Posting, Transaction
+from prepaid.migrate import upgrade
+from prepaid.money import CREDIT
+
+ROOT = Path(__file__).resolve().parent.parent
+PATHS = ("http", "service", "raw")  # the issue's three paths, run by default
+ALL_PATHS = ("http", "floor", "service", "raw")  # in table order; "floor" is bench/_floor_app.py
+PATH_LABELS = {"http": "HTTP", "floor": "HTTP+raw", "service": "service", "raw": "raw SQL"}
+HOT_BALANCE = 10**15  # never runs out, whatever the run's length
+WALLET_BALANCE = 10**9
+SEED_BATCH = 2000
+LOAD_TIMEOUT_SLACK = 300.0  # seconds a load process may take beyond its cell's length before it is stopped
+SPENDS_CELL_TIMEOUT = 3600.0
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    wallets: str  # "hot" or the number of wallets
+    clients: int
+    path: str
+    sample: Sample
+    app_cpu_seconds: float | None = None  # server processes (HTTP) or this process (service, raw SQL)
+    db_cpu_seconds: float | None = None  # the PostgreSQL server's processes, when they can be read
+
+    @property
+    def label(self) -> str:
+        return PATH_LABELS[self.path]
+
+
+@dataclass
+class Report:
+    engine: str
+    workers: int
+    wallet_count: int
+    cell: str  # "10 s" or "5000 spends"
+    rows: list[Row] = field(default_factory=list)
+    breaches: list[ledger.Breach] = field(default_factory=list)
+    cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # The 1-minute load average when the cells start and when they end: anything else busy on the machine
+    # (a test suite, another benchmark) shows here, and the figures are then not worth keeping.
+    load_before: float | None = None
+    load_after: float | None = None
+
+    def raw_rate(self, wallets: str, clients: int) -> float | None:
+        for row in self.rows:
+            if row.path == "raw" and row.wallets == wallets and row.clients == clients:
+                return row.sample.per_second
+        return None
+
+    def ratio(self, row: Row) -> float | None:
+        raw = self.raw_rate(row.wallets, row.clients)
+        return row.sample.per_second / raw if raw else None
+
+
+# ---------------------------------------------------------------- set-up
+
+
+@dataclass
+class Wallet:
+    id: str
+    lot_id: str
+
+
+@dataclass
+class Setup:
+    api_key: str
+    hot: Wallet
+    wallets: list[Wallet]
+
+
+async def seed_wallets(db: Database, *, user_id: str, count: int, balance: int, label: str) -> list[Wallet]:
+    """``count`` wallets holding ``balance`` each, written in bulk with the rows ``ledger.service.grant``
+    would leave (the wallet and its hold account, a grant transaction from ``@promotions`` with its two
+    postings, one promotional lot), so the books balance from the start."""
+    made: list[Wallet] = []
+    for start in range(0, count, SEED_BATCH):
+        now = utcnow()
+        accounts: list[dict[str, Any]] = []
+        transactions: list[dict[str, Any]] = []
+        postings: list[dict[str, Any]] = []
+        lots: list[dict[str, Any]] = []
+        for number in range(start, min(count, start + SEED_BATCH)):
+            wallet_id, hold_id, txn_id, lot_id = new_id("wal"), new_id("acc"), new_id("txn"), new_id("lot")
+            name = f"{label} {number}"
+            common = {
+                "user_id": user_id,
+                "asset": CREDIT,
+                "held": 0,
+                "debt": 0,
+                "clawback_debt": 0,
+                "overdraft_limit": 0,
+                "low_balance_threshold": None,
+                "is_default": False,
+                "frozen": False,
+                "created_at": now,
+                "updated_at": now,
+                "code": None,
+            }
+            accounts.append(
+                {
+                    **common,
+                    "id": hold_id,
+                    "kind": "hold",
+                    "name": f"{name} (held)",
+                    "hold_account_id": None,
+                    "balance": 0,
+                }
+            )
+            accounts.append(
+                {
+                    **common,
+                    "id": wallet_id,
+                    "kind": "wallet",
+                    "name": name,
+                    "hold_account_id": hold_id,
+                    "balance": balance,
+                }
+            )
+            transactions.append(
+                {
+                    "id": txn_id,
+                    "kind": "grant",
+                    "idempotency_key": f"bench:seed:{wallet_id}",
+                    "request_hash": ledger.request_hash("grant", wallet=wallet_id, amount=balance),
+                    "reference_type": None,
+                    "reference_id": None,
+                    "reverses_id": None,
+                    "memo": "benchmark seed",
+                    "metadata_": {},
+                    "actor_user_id": None,
+                    "lot_moves": [[lot_id, balance]],
+                    "debt_change": 0,
+                    "created_at": now,
+                }
+            )
+            postings.append(
+                {
+                    "transaction_id": txn_id,
+                    "account_id": ledger.SYSTEM_ACCOUNTS["@promotions"],
+                    "asset": CREDIT,
+                    "amount": -balance,
+                    "created_at": now,
+                }
+            )
+            postings.append(
+                {
+                    "transaction_id": txn_id,
+                    "account_id": wallet_id,
+                    "asset": CREDIT,
+                    "amount": balance,
+                    "created_at": now,
+                }
+            )
+            lots.append(
+                {
+                    "id": lot_id,
+                    "wallet_id": wallet_id,
+                    "transaction_id": txn_id,
+                    "asset": CREDIT,
+                    "source": "promotional",
+                    "priority": ledger.DEFAULT_PRIORITY["promotional"],
+                    "amount": balance,
+                    "remaining": balance,
+                    "expires_at": None,
+                    "created_at": now,
+                }
+            )
+            made.append(Wallet(wallet_id, lot_id))
+        async with db.transaction() as session:
+            await session.execute(insert(Transaction), transactions)
+            await session.execute(insert(Account), accounts)
+            await session.execute(insert(Posting), postings)
+            await session.execute(insert(Lot), lots)
+    return made
+
+
+async def prepare(db: Database, *, wallet_count: int) -> Setup:
+    """An admin with a server key (``usage:write``, acts on any wallet), a customer, one hot wallet and
+    ``wallet_count`` others."""
+    tag = secrets.token_hex(4)
+    async with db.transaction() as session:
+        admin = await auth_service.create_user(
+            session, email=f"bench-admin-{tag}@example.com", password=None, roles=["admin"]
+        )
+        customer = await auth_service.create_user(
+            session, email=f"bench-customer-{tag}@example.com", password=None, roles=["user"]
+        )
+        _key, secret = await auth_service.create_api_key(
+            session,
+            actor=auth_service.Principal(user=admin),
+            name=f"ledger benchmark {tag}",
+            scopes=["usage:write"],
+            server=True,
+        )
+    (hot,) = await seed_wallets(db, user_id=customer.id, count=1, balance=HOT_BALANCE, label="bench hot")
+    wallets = await seed_wallets(
+        db, user_id=customer.id, count=wallet_count, balance=WALLET_BALANCE, label="bench"
+    )
+    return Setup(api_key=secret, hot=hot, wallets=wallets)
+
+
+# ---------------------------------------------------------------- path 2: ledger.service
+
+
+def service_operation(db: Database, prefix: str) -> Operation:
+    async def debit(worker: int, sequence: int, wallet_id: str) -> bool:
+        try:
+            async with db.transaction() as session:
+                await ledger.spend(
+                    session,
+                    wallet_id=wallet_id,
+                    amount=1,
+                    idempotency_key=f"{prefix}-{worker}-{sequence}",
+                    memo="bench",
+                )
+        except InsufficientCredits:
+            return False
+        return True
+
+    return debit
+
+
+# ---------------------------------------------------------------- path 3: raw SQL
+
+
+class Refused(Exception):
+    """The conditional update found too little: the transaction is rolled back."""
+
+
+def _lot_moves(lot_id: str) -> str:
+    return json.dumps([[lot_id, -1]])
+
+
+@contextlib.asynccontextmanager
+async def raw_postgres(
+    url: str, *, concurrency: int, lots: dict[str, str], prefix: str
+) -> AsyncIterator[Operation]:
+    """asyncpg, one pooled connection per client: the debit as four statements in one transaction."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
+    usage = ledger.SYSTEM_ACCOUNTS["@usage"]
+
+    async def debit(worker: int, sequence: int, wallet_id: str) -> bool:
+        now = datetime.now(UTC)
+        txn_id = new_id("txn")
+        key = f"{prefix}-{worker}-{sequence}"
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                updated = await conn.fetchval(
+                    "UPDATE ledger_account SET balance = balance - $1, updated_at = $3 "
+                    "WHERE id = $2 AND balance >= $1 RETURNING balance",
+                    1,
+                    wallet_id,
+                    now,
+                )
+                if updated is None:
+                    raise Refused
+                await conn.execute(
+                    "UPDATE ledger_lot SET remaining = remaining - $1 WHERE id = $2 AND remaining >= $1",
+                    1,
+                    lots[wallet_id],
+                )
+                await conn.execute(
+                    "INSERT INTO ledger_transaction (id, kind, idempotency_key, request_hash, memo, metadata, "
+                    "lot_moves, debt_change, created_at) "
+                    "VALUES ($1, 'spend', $2, $3, 'bench', '{}'::jsonb, $4::jsonb, 0, $5)",
+                    txn_id,
+                    key,
+                    ledger.request_hash("spend", wallet=wallet_id, amount=1),
+                    _lot_moves(lots[wallet_id]),
+                    now,
+                )
+                await conn.execute(
+                    "INSERT INTO ledger_posting (transaction_id, account_id, asset, amount, created_at) "
+                    "VALUES ($1, $2, $3, -$4::bigint, $5), ($1, $6, $3, $4::bigint, $5)",
+                    txn_id,
+                    wallet_id,
+                    CREDIT,
+                    1,
+                    now,
+                    usage,
+                )
+        except Refused:
+            return False
+        return True
+
+    try:
+        yield debit
+    finally:
+        await pool.close()
+
+
+def _sqlite_now() -> str:
+    """A timestamp as SQLAlchemy stores a UTC datetime in SQLite (naive, microseconds)."""
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+@contextlib.asynccontextmanager
+async def raw_sqlite(
+    path: str, *, concurrency: int, lots: dict[str, str], prefix: str
+) -> AsyncIterator[Operation]:
+    """aiosqlite (the app's driver) with the app's pragmas; SQLite has one writer, so the clients share one
+    connection and take turns (an in-process lock), the fastest way to write SQLite from one process."""
+    import aiosqlite
+
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    for pragma in ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=10000", "synchronous=NORMAL"):
+        await conn.execute(f"PRAGMA {pragma}")
+    turn = asyncio.Lock()
+    usage = ledger.SYSTEM_ACCOUNTS["@usage"]
+
+    async def debit(worker: int, sequence: int, wallet_id: str) -> bool:
+        now = _sqlite_now()
+        txn_id = new_id("txn")
+        key = f"{prefix}-{worker}-{sequence}"
+        async with turn:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = await conn.execute(
+                    "UPDATE ledger_account SET balance = balance - ?, updated_at = ? WHERE id = ? AND balance >= ?",
+                    (1, now, wallet_id, 1),
+                )
+                if cursor.rowcount != 1:
+                    raise Refused
+                await conn.execute(
+                    "UPDATE ledger_lot SET remaining = remaining - ? WHERE id = ? AND remaining >= ?",
+                    (1, lots[wallet_id], 1),
+                )
+                await conn.execute(
+                    "INSERT INTO ledger_transaction (id, kind, idempotency_key, request_hash, memo, metadata, "
+                    "lot_moves, debt_change, created_at) VALUES (?, 'spend', ?, ?, 'bench', '{}', ?, 0, ?)",
+                    (
+                        txn_id,
+                        key,
+                        ledger.request_hash("spend", wallet=wallet_id, amount=1),
+                        _lot_moves(lots[wallet_id]),
+                        now,
+                    ),
+                )
+                await conn.execute(
+                    "INSERT INTO ledger_posting (transaction_id, account_id, asset, amount, created_at) "
+                    "VALUES (?, ?, ?, ?, ?), (?, ?, ?, ?, ?)",
+                    (txn_id, wallet_id, CREDIT, -1, now, txn_id, usage, CREDIT, 1, now),
+                )
+            except Refused:
+                await conn.execute("ROLLBACK")
+                return False
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+        return True
+
+    try:
+        yield debit
+    finally:
+        await conn.close()
+
+
+def sqlite_path(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database:
+        raise SystemExit("the SQLite benchmark needs a file database")
+    return database
+
+
+# ---------------------------------------------------------------- path 1: HTTP
+
+
+def http_cell(
+    server: _server.Server,
+    *,
+    api_key: str,
+    wallets: Sequence[str],
+    concurrency: int,
+    seconds: float | None,
+    spends: int | None,
+    warmup: int,
+    prefix: str,
+) -> Sample:
+    """One cell in a separate load process (``python -m bench._load``)."""
+    spec = {
+        "base_url": server.base_url,
+        "api_key": api_key,
+        "wallets": list(wallets),
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "spends": spends,
+        "warmup": warmup,
+        "key_prefix": prefix,
+    }
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    timeout = seconds + LOAD_TIMEOUT_SLACK if seconds is not None else SPENDS_CELL_TIMEOUT
+    done = subprocess.run(
+        [sys.executable, "-m", "bench._load"],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"the load process failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return Sample.from_json(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+# ---------------------------------------------------------------- CPU accounting
+
+
+def _cpu_by_pid(pids: Sequence[int]) -> dict[int, float]:
+    """User + system CPU seconds of each readable process of ``pids``, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        found[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return found
+
+
+def _postgres_pids() -> list[int]:
+    pids: list[int] = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return pids
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() in {"postgres", "postmaster"}:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def _spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between two readings by the processes alive at the second (new ones count from zero)."""
+    return sum(value - before.get(pid, 0.0) for pid, value in after.items())
+
+
+@contextlib.contextmanager
+def cpu_meter(app_pids: Sequence[int] | None, *, postgres: bool) -> Iterator[dict[str, float | None]]:
+    """CPU seconds spent during the block by the app (``app_pids``, or this process) and by PostgreSQL (every
+    ``postgres`` process alive at the end; a backend that ended inside the block is missed)."""
+    result: dict[str, float | None] = {"app": None, "db": None}
+
+    def app_now() -> float:
+        if app_pids is not None:
+            return sum(_cpu_by_pid(app_pids).values())
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    app_before = app_now()
+    db_before = _cpu_by_pid(_postgres_pids()) if postgres else {}
+    yield result
+    result["app"] = app_now() - app_before
+    if postgres:
+        result["db"] = _spent(db_before, _cpu_by_pid(_postgres_pids()))
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Config:
+    database_url: str
+    seconds: float | None = 10.0
+    spends: int | None = None
+    concurrency: Sequence[int] = (1, 8, 32)
+    wallets: int = 10_000
+    paths: Sequence[str] = PATHS
+    workers: int | None = None  # default: 2 on PostgreSQL, 1 on SQLite
+    warmup: int = 20
+    folder: Path | None = None  # for the server's log; a temporary folder when None
+    progress: bool = True
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def _say(config: Config, message: str) -> None:
+    if config.progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+async def run(config: Config) -> Report:
+    unknown = sorted(set(config.paths) - set(ALL_PATHS))
+    if unknown:
+        raise SystemExit(f"unknown path(s): {', '.join(unknown)}; choose from {', '.join(ALL_PATHS)}")
+    engine = "postgresql" if config.is_postgres else "sqlite"
+    workers = config.workers or (2 if config.is_postgres else 1)
+    cell = f"{config.seconds:g} s" if config.seconds is not None else f"{config.spends} spends"
+    report = Report(engine=engine, workers=workers, wallet_count=config.wallets, cell=cell)
+    _say(config, f"migrating {engine} database ...")
+    await asyncio.to_thread(upgrade, config.database_url)
+    db = open_database(config.database_url)
+    try:
+        async with db.transaction() as session:
+            await ledger.ensure_credit_scale(session, scale=0)
+        _say(config, f"seeding 1 hot wallet and {config.wallets} wallets ...")
+        started = time.perf_counter()
+        setup = await prepare(db, wallet_count=config.wallets)
+        _say(config, f"seeded in {time.perf_counter() - started:.1f} s")
+        lots = {w.id: w.lot_id for w in [setup.hot, *setup.wallets]}
+        sets = [("hot", [setup.hot.id]), (str(config.wallets), [w.id for w in setup.wallets])]
+        run_tag = secrets.token_hex(4)
+        report.load_before = _load_average()
+        with contextlib.ExitStack() as stack:
+            folder = config.folder or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            servers: dict[str, _server.Server] = {}
+            if "http" in config.paths:
+                _say(config, f"starting prepaid serve --workers {workers} ...")
+                servers["http"] = stack.enter_context(
+                    _server.serve(config.database_url, workers=workers, folder=folder)
+                )
+            if "floor" in config.paths:
+                _say(config, f"starting the HTTP floor app with {workers} worker(s) ...")
+                lots_file = folder / "floor-lots.json"
+                lots_file.write_text(json.dumps(lots))
+                servers["floor"] = stack.enter_context(
+                    _server.serve_floor(
+                        config.database_url,
+                        workers=workers,
+                        folder=folder,
+                        root=ROOT,
+                        lots=lots_file,
+                        pool=max(1, -(-max(config.concurrency) // workers)),
+                        prefix=f"bench-{run_tag}-floor",
+                    )
+                )
+            for wallets_label, wallet_ids in sets:
+                for clients in config.concurrency:
+                    for path in ALL_PATHS:
+                        if path not in config.paths:
+                            continue
+                        prefix = f"bench-{run_tag}-{path}-{wallets_label}-{clients}"
+                        _say(
+                            config,
+                            f"  {wallets_label:>6} wallets, {clients:>3} clients, {PATH_LABELS[path]} ...",
+                        )
+                        row = await _run_cell(
+                            config, db, servers, setup, lots, path, wallets_label, wallet_ids, clients, prefix
+                        )
+                        report.rows.append(row)
+        report.load_after = _load_average()
+        _say(config, "checking the books ...")
+        async with db.transaction(write=False) as session:
+            report.breaches = await ledger.check_invariants(session)
+    finally:
+        await db.dispose()
+    return report
+
+
+async def _run_cell(
+    config: Config,
+    db: Database,
+    servers: dict[str, _server.Server],
+    setup: Setup,
+    lots: dict[str, str],
+    path: str,
+    wallets_label: str,
+    wallet_ids: list[str],
+    clients: int,
+    prefix: str,
+) -> Row:
+    if path in ("http", "floor"):
+        server = servers[path]
+        pids = server.worker_pids()
+        with cpu_meter(pids, postgres=config.is_postgres) as cpu:
+            sample = await asyncio.to_thread(
+                http_cell,
+                server,
+                api_key=setup.api_key,
+                wallets=wallet_ids,
+                concurrency=clients,
+                warmup=config.warmup,
+                prefix=prefix,
+                seconds=config.seconds,
+                spends=config.spends,
+            )
+        return Row(wallets_label, clients, path, sample, cpu["app"], cpu["db"])
+    if path == "service":
+        operation = service_operation(db, prefix)
+        with cpu_meter(None, postgres=config.is_postgres) as cpu:
+            sample = await drive(
+                operation,
+                wallets=wallet_ids,
+                concurrency=clients,
+                warmup=config.warmup,
+                seconds=config.seconds,
+                spends=config.spends,
+            )
+        return Row(wallets_label, clients, path, sample, cpu["app"], cpu["db"])
+    raw = (
+        raw_postgres(config.database_url, concurrency=clients, lots=lots, prefix=prefix)
+        if config.is_postgres
+        else raw_sqlite(sqlite_path(config.database_url), concurrency=clients, lots=lots, prefix=prefix)
+    )
+    async with raw as operation:
+        with cpu_meter(None, postgres=config.is_postgres) as cpu:
+            sample = await drive(
+                operation,
+                wallets=wallet_ids,
+                concurrency=clients,
+                warmup=config.warmup,
+                seconds=config.seconds,
+                spends=config.spends,
+            )
+    return Row(wallets_label, clients, path, sample, cpu["app"], cpu["db"])
+
+
+# ---------------------------------------------------------------- the table
+
+
+TABLE_COLUMNS = ("wallets", "clients", "path", "spends", "spends/s", "p50 ms", "p99 ms", "vs raw", "errors")
+
+
+def table_lines(report: Report) -> list[str]:
+    """The table as aligned text lines: a header, a rule, then one line per row."""
+    header = (
+        f"{'wallets':>7} {'clients':>7}  {'path':<8} {'spends':>8} {'spends/s':>9} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'vs raw':>7} {'errors':>6}"
+    )
+    lines = [header, "-" * len(header)]
+    for row in report.rows:
+        ratio = report.ratio(row)
+        wallets = "hot" if row.wallets == "hot" else f"{int(row.wallets):,}"
+        lines.append(
+            f"{wallets:>7} {row.clients:>7}  {row.label:<8} {row.sample.count:>8} "
+            f"{row.sample.per_second:>9.0f} {row.sample.percentile_ms(0.5):>8.2f} "
+            f"{row.sample.percentile_ms(0.99):>8.2f} {'' if ratio is None else f'{ratio:.2f}':>7} "
+            f"{row.sample.errors:>6}"
+        )
+    return lines
+
+
+def cpu_lines(report: Report) -> list[str]:
+    """CPU milliseconds per spend on each side: where the machine's cores went."""
+    lines = [
+        f"{'wallets':>7} {'clients':>7}  {'path':<8} {'app ms':>8} {'load ms':>8} {'db ms':>8}",
+    ]
+    for row in report.rows:
+        count = row.sample.count or 1
+        wallets = "hot" if row.wallets == "hot" else f"{int(row.wallets):,}"
+
+        def per(value: float | None, n: int = count) -> str:
+            return "" if value is None else f"{value * 1000 / n:.3f}"
+
+        lines.append(
+            f"{wallets:>7} {row.clients:>7}  {row.label:<8} {per(row.app_cpu_seconds):>8} "
+            f"{per(row.sample.client_cpu_seconds):>8} {per(row.db_cpu_seconds):>8}"
+        )
+    return lines
+
+
+def aim_lines(report: Report) -> list[str]:
+    """The issue's aim: HTTP at 32 clients >= 1/2 of raw SQL on many wallets and >= 2/3 on the hot wallet."""
+    lines = []
+    for wallets, target in ((str(report.wallet_count), 0.5), ("hot", 2 / 3)):
+        for row in report.rows:
+            if row.path == "http" and row.wallets == wallets and row.clients == 32:
+                ratio = report.ratio(row)
+                if ratio is None:
+                    continue
+                verdict = "met" if ratio >= target else "NOT met"
+                name = "the hot wallet" if wallets == "hot" else f"{report.wallet_count:,} wallets"
+                lines.append(
+                    f"aim: HTTP at 32 clients on {name} = {ratio:.2f} of raw SQL (target {target:.2f}): {verdict}"
+                )
+    return lines
+
+
+def print_report(report: Report) -> None:
+    print(
+        f"prepaid ledger benchmark: {report.engine}, HTTP server with {report.workers} worker(s), "
+        f"{report.cell} per cell, {report.cpus} CPU(s)"
+    )
+    if report.load_before is not None and report.load_after is not None:
+        print(
+            f"1-minute load average: {report.load_before:.2f} at the start, {report.load_after:.2f} at the end"
+        )
+    print()
+    for line in table_lines(report):
+        print(line)
+    print()
+    print("CPU per spend (ms): app = server workers (HTTP) or this process; load = the HTTP client process;")
+    print("db = PostgreSQL's processes")
+    for line in cpu_lines(report):
+        print(line)
+    print()
+    for line in aim_lines(report):
+        print(line)
+    if report.breaches:
+        print(f"prepaid check: {len(report.breaches)} breach(es)")
+        for breach in report.breaches[:20]:
+            print(f"  {breach.invariant} {breach.subject}: {breach.detail}")
+    else:
+        print("prepaid check: clean (every ledger invariant holds after the run)")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
+    amount = parser.add_mutually_exclusive_group()
+    amount.add_argument("--seconds", type=float, default=None, help="length of each cell (default 10)")
+    amount.add_argument("--spends", type=int, default=None, help="spends per cell instead of a duration")
+    parser.add_argument("--concurrency", default="1,8,32", help="comma list of client counts")
+    parser.add_argument("--wallets", type=int, default=10_000)
+    parser.add_argument(
+        "--paths",
+        default=",".join(PATHS),
+        help="comma list of http, service, raw, and floor (a bare FastAPI route doing the raw SQL)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="server workers (default 2 on PostgreSQL, 1 on SQLite)"
+    )
+    parser.add_argument("--warmup", type=int, default=20, help="uncounted spends per client before each cell")
+    parser.add_argument("--log-folder", type=Path, default=None, help="keep the server's log here")
+    args = parser.parse_args(argv)
+    seconds = args.seconds if args.seconds is not None or args.spends is not None else 10.0
+    return Config(
+        database_url=args.database_url or "",
+        seconds=seconds,
+        spends=args.spends,
+        concurrency=[int(part) for part in args.concurrency.split(",") if part.strip()],
+        wallets=args.wallets,
+        paths=[part.strip() for part in args.paths.split(",") if part.strip()],
+        workers=args.workers,
+        warmup=args.warmup,
+        folder=args.log_folder,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        if not config.database_url:
+            config.database_url = f"sqlite+aiosqlite:///{Path(folder) / 'bench.db'}"
+        print_report(run_fast(run(config)))
+
+
+if __name__ == "__main__":
+    main()
