@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import resource
 import secrets
 import subprocess
@@ -79,6 +80,19 @@ class Row:
     sample: Sample
     app_cpu_seconds: float | None = None  # server processes (HTTP) or this process (service, raw SQL)
     db_cpu_seconds: float | None = None  # the PostgreSQL server's processes, when they can be read
+    busy_seconds: float | None = None  # CPU seconds the whole machine spent, all processes
+    wall_seconds: float | None = None  # the cell's length, start-up of its load process included
+
+    def other_share(self, cpus: int) -> float | None:
+        """The part of the machine's CPU that went to none of the measured processes (anything else running,
+        the load process's start-up, an idle server's jobs): near 0 when the figures are clean."""
+        if self.busy_seconds is None or not self.wall_seconds:
+            return None
+        measured = sum(
+            value or 0.0
+            for value in (self.app_cpu_seconds, self.sample.client_cpu_seconds, self.db_cpu_seconds)
+        )
+        return max(0.0, self.busy_seconds - measured) / (self.wall_seconds * cpus)
 
     @property
     def label(self) -> str:
@@ -475,8 +489,9 @@ def http_cell(
 # ---------------------------------------------------------------- CPU accounting
 
 
-def _cpu_by_pid(pids: Sequence[int]) -> dict[int, float]:
-    """User + system CPU seconds of each readable process of ``pids``, from /proc."""
+def _cpu_by_pid(pids: Sequence[int]) -> dict[tuple[int, int], float]:
+    """User + system CPU seconds of each readable process of ``pids``, from /proc, keyed by (pid, start
+    time) so that a pid reused by a new process is not taken for the old one."""
     ticks = os.sysconf("SC_CLK_TCK")
     found = {}
     for pid in pids:
@@ -484,33 +499,52 @@ def _cpu_by_pid(pids: Sequence[int]) -> dict[int, float]:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        found[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        found[(pid, int(fields[19]))] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime; starttime
     return found
 
 
-def _postgres_pids() -> list[int]:
+def _postgres_pids(database: str) -> list[int]:
+    """PostgreSQL's processes that work for ``database``: its backends (whose title names the database) and
+    the server's own background processes (WAL writer, checkpointer, ...); other databases' backends (a test
+    suite running beside the benchmark) are left out."""
     pids: list[int] = []
     proc = Path("/proc")
     if not proc.is_dir():
         return pids
     for entry in proc.iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (entry / "comm").read_text().strip() in {"postgres", "postmaster"}:
-                    pids.append(int(entry.name))
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (entry / "comm").read_text().strip() not in {"postgres", "postmaster"}:
+                continue
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            is_backend = "[local]" in title or re.search(r"\d\)", title) is not None  # "host(port)"
+            if not is_backend or f" {database} " in f"{title} ":
+                pids.append(int(entry.name))
     return pids
 
 
-def _spent(before: dict[int, float], after: dict[int, float]) -> float:
+def _machine_busy() -> float | None:
+    """CPU seconds the machine has spent on anything but idling and waiting for I/O, from /proc/stat."""
+    try:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _spent(before: dict[tuple[int, int], float], after: dict[tuple[int, int], float]) -> float:
     """CPU used between two readings by the processes alive at the second (new ones count from zero)."""
-    return sum(value - before.get(pid, 0.0) for pid, value in after.items())
+    return sum(value - before.get(key, 0.0) for key, value in after.items())
 
 
 @contextlib.contextmanager
-def cpu_meter(app_pids: Sequence[int] | None, *, postgres: bool) -> Iterator[dict[str, float | None]]:
-    """CPU seconds spent during the block by the app (``app_pids``, or this process) and by PostgreSQL (every
-    ``postgres`` process alive at the end; a backend that ended inside the block is missed)."""
-    result: dict[str, float | None] = {"app": None, "db": None}
+def cpu_meter(app_pids: Sequence[int] | None, *, database: str | None) -> Iterator[dict[str, float | None]]:
+    """CPU seconds spent during the block by the app (``app_pids``, or this process) and, given a PostgreSQL
+    ``database``, by the PostgreSQL processes working for it (those alive at the end; a backend that ended
+    inside the block is missed)."""
+    result: dict[str, float | None] = {"app": None, "db": None, "busy": None, "wall": None}
 
     def app_now() -> float:
         if app_pids is not None:
@@ -518,12 +552,16 @@ def cpu_meter(app_pids: Sequence[int] | None, *, postgres: bool) -> Iterator[dic
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
-    app_before = app_now()
-    db_before = _cpu_by_pid(_postgres_pids()) if postgres else {}
+    app_before, busy_before, wall_before = app_now(), _machine_busy(), time.monotonic()
+    db_before = _cpu_by_pid(_postgres_pids(database)) if database else {}
     yield result
     result["app"] = app_now() - app_before
-    if postgres:
-        result["db"] = _spent(db_before, _cpu_by_pid(_postgres_pids()))
+    busy_after = _machine_busy()
+    if busy_before is not None and busy_after is not None:
+        result["busy"] = busy_after - busy_before
+    result["wall"] = time.monotonic() - wall_before
+    if database:
+        result["db"] = _spent(db_before, _cpu_by_pid(_postgres_pids(database)))
 
 
 # ---------------------------------------------------------------- the run
@@ -545,6 +583,15 @@ class Config:
     @property
     def is_postgres(self) -> bool:
         return self.database_url.startswith("postgresql")
+
+    @property
+    def postgres_database(self) -> str | None:
+        """The PostgreSQL database's name (whose backends' CPU the benchmark reads), or None on SQLite."""
+        if not self.is_postgres:
+            return None
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.database_url).database
 
 
 def _load_average() -> float | None:
@@ -642,7 +689,7 @@ async def _run_cell(
     if path in ("http", "floor"):
         server = servers[path]
         pids = server.worker_pids()
-        with cpu_meter(pids, postgres=config.is_postgres) as cpu:
+        with cpu_meter(pids, database=config.postgres_database) as cpu:
             sample = await asyncio.to_thread(
                 http_cell,
                 server,
@@ -654,10 +701,10 @@ async def _run_cell(
                 seconds=config.seconds,
                 spends=config.spends,
             )
-        return Row(wallets_label, clients, path, sample, cpu["app"], cpu["db"])
+        return Row(wallets_label, clients, path, sample, cpu["app"], cpu["db"], cpu["busy"], cpu["wall"])
     if path == "service":
         operation = service_operation(db, prefix)
-        with cpu_meter(None, postgres=config.is_postgres) as cpu:
+        with cpu_meter(None, database=config.postgres_database) as cpu:
             sample = await drive(
                 operation,
                 wallets=wallet_ids,
@@ -666,14 +713,14 @@ async def _run_cell(
                 seconds=config.seconds,
                 spends=config.spends,
             )
-        return Row(wallets_label, clients, path, sample, cpu["app"], cpu["db"])
+        return Row(wallets_label, clients, path, sample, cpu["app"], cpu["db"], cpu["busy"], cpu["wall"])
     raw = (
         raw_postgres(config.database_url, concurrency=clients, lots=lots, prefix=prefix)
         if config.is_postgres
         else raw_sqlite(sqlite_path(config.database_url), concurrency=clients, lots=lots, prefix=prefix)
     )
     async with raw as operation:
-        with cpu_meter(None, postgres=config.is_postgres) as cpu:
+        with cpu_meter(None, database=config.postgres_database) as cpu:
             sample = await drive(
                 operation,
                 wallets=wallet_ids,
@@ -682,7 +729,7 @@ async def _run_cell(
                 seconds=config.seconds,
                 spends=config.spends,
             )
-    return Row(wallets_label, clients, path, sample, cpu["app"], cpu["db"])
+    return Row(wallets_label, clients, path, sample, cpu["app"], cpu["db"], cpu["busy"], cpu["wall"])
 
 
 # ---------------------------------------------------------------- the table
@@ -713,7 +760,7 @@ def table_lines(report: Report) -> list[str]:
 def cpu_lines(report: Report) -> list[str]:
     """CPU milliseconds per spend on each side: where the machine's cores went."""
     lines = [
-        f"{'wallets':>7} {'clients':>7}  {'path':<8} {'app ms':>8} {'load ms':>8} {'db ms':>8}",
+        f"{'wallets':>7} {'clients':>7}  {'path':<8} {'app ms':>8} {'load ms':>8} {'db ms':>8} {'other %':>8}",
     ]
     for row in report.rows:
         count = row.sample.count or 1
@@ -724,7 +771,8 @@ def cpu_lines(report: Report) -> list[str]:
 
         lines.append(
             f"{wallets:>7} {row.clients:>7}  {row.label:<8} {per(row.app_cpu_seconds):>8} "
-            f"{per(row.sample.client_cpu_seconds):>8} {per(row.db_cpu_seconds):>8}"
+            f"{per(row.sample.client_cpu_seconds):>8} {per(row.db_cpu_seconds):>8} "
+            f"{'' if (other := row.other_share(report.cpus)) is None else f'{other * 100:.0f}':>8}"
         )
     return lines
 
@@ -759,8 +807,9 @@ def print_report(report: Report) -> None:
     for line in table_lines(report):
         print(line)
     print()
-    print("CPU per spend (ms): app = server workers (HTTP) or this process; load = the HTTP client process;")
-    print("db = PostgreSQL's processes")
+    print("CPU per spend (ms): app = the server's processes (HTTP) or this process (service, raw SQL);")
+    print("load = the HTTP load process; db = PostgreSQL's processes for this database and its background")
+    print("writers. other % = share of the machine's CPU used by anything else during the cell.")
     for line in cpu_lines(report):
         print(line)
     print()
