@@ -19,6 +19,7 @@ from prepaid import __version__, idempotency
 from prepaid.audit.api import router as audit_router
 from prepaid.auth import service as auth_service
 from prepaid.auth.api import router as auth_router
+from prepaid.catalog.api import router as catalog_router
 from prepaid.db import Database, open_database
 from prepaid.deps import SAFE_METHODS, OptionalPrincipal, client_ip, credentials_from
 from prepaid.errors import DomainError
@@ -145,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router, dependencies=v1)
     app.include_router(audit_router, dependencies=v1)
     app.include_router(ledger_router, dependencies=v1)
+    app.include_router(catalog_router, dependencies=v1)
     app.include_router(_ops_router())
     app.include_router(web_router)
     app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")

@@ -16,6 +16,8 @@ _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 PREFIXES = frozenset(
     {"usr", "key", "rtk", "wss", "tok", "idk", "msg", "aud", "job", "wal", "acc", "txn", "lot", "hold"}
+    | {"pln", "mtr", "slb", "ofr"}  # catalog
+    | {"cpn", "cpa", "rsv"}  # catalog: coupons, their assignments, redemption reservations
 )
 
 

@@ -7,5 +7,6 @@ def load_all_models() -> None:
     from prepaid import idempotency  # noqa: F401
     from prepaid.audit import models as audit_models  # noqa: F401
     from prepaid.auth import models as auth_models  # noqa: F401
+    from prepaid.catalog import models as catalog_models  # noqa: F401
     from prepaid.ledger import models as ledger_models  # noqa: F401
     from prepaid.notify import models as notify_models  # noqa: F401

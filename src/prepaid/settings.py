@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import cached_property
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET_KEY = "dev-only-insecure-secret-key-change-me"  # refused in production
 KNOWN_WEAK_SECRETS = frozenset({"", DEV_SECRET_KEY, "secret", "changeme", "change-me", "password"})
 MIN_SECRET_LENGTH = 32
 KNOWN_GATEWAYS = ("sandbox", "razorpay", "stripe")
+
+
+def _env(name: str) -> AliasChoices:
+    """``PREPAID_NAME`` first, then the un-prefixed ``NAME`` apps already use, then the field name itself (so
+    ``Settings(name=...)`` works)."""
+    return AliasChoices(f"PREPAID_{name.upper()}", name.upper(), name)
 
 
 class SettingsError(ValueError):
@@ -29,6 +36,20 @@ class Settings(BaseSettings):
     base_url: str = "http://127.0.0.1:8000"
     gateways: str = "sandbox"
 
+    # Gateway keys (payments/gateways). Each is also read under the name apps already use (RAZORPAY_KEY_ID, ...)
+    # when the PREPAID_ one is unset; secrets are SecretStr, never logged nor shown in a repr.
+    razorpay_key_id: str | None = Field(default=None, validation_alias=_env("razorpay_key_id"))
+    razorpay_key_secret: SecretStr | None = Field(default=None, validation_alias=_env("razorpay_key_secret"))
+    razorpay_webhook_secret: SecretStr | None = Field(
+        default=None, validation_alias=_env("razorpay_webhook_secret")
+    )
+    razorpay_api_base: str = "https://api.razorpay.com"
+    stripe_secret_key: SecretStr | None = Field(default=None, validation_alias=_env("stripe_secret_key"))
+    stripe_publishable_key: str | None = Field(default=None, validation_alias=_env("stripe_publishable_key"))
+    stripe_webhook_secret: SecretStr | None = Field(default=None, validation_alias=_env("stripe_webhook_secret"))
+    stripe_api_base: str = "https://api.stripe.com"
+    gateway_timeout: float = Field(default=30.0, gt=0, le=300)
+
     redis_url: str | None = None
     smtp_url: str | None = None
     email_from: str = "prepaid <no-reply@localhost>"
@@ -36,6 +57,11 @@ class Settings(BaseSettings):
 
     credit_scale: int = Field(default=0, ge=0, le=12)
     allow_user_transfers: bool = False
+
+    # Tax on purchases, percent of the net price (18 for 18 %, at most 4 decimals): added on top (exclusive)
+    # or reported as the part of the price that is tax (inclusive). See docs/decisions.md, "the quote".
+    tax_percent: Decimal = Field(default=Decimal(0), ge=0, le=100, decimal_places=4)
+    tax_inclusive: bool = False
 
     cors_origins: str = ""
     require_email_verification: bool = False

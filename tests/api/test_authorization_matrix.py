@@ -18,8 +18,8 @@ a signed-in person; grants by admins only.
 A cell is the exact status expected. 401 must be ``authentication_error``, 403 ``permission_error`` (wrong
 role, a missing scope, or an API key on a route for signed-in people only), 404 ``not_found`` (another user's
 resource: its existence is not revealed), and 2xx the route's success answer. Every request carries a valid
-body, so what is tested is who may call, not what they send. Public routes (``/v1/auth/*``) answer every caller,
-the anonymous one included.
+body, so what is tested is who may call, not what they send. Public routes (``/v1/auth/*``, the catalog's reads)
+answer every caller, the anonymous one included.
 
 A route added later without a row here fails ``test_matrix_covers_every_v1_operation``.
 """
@@ -38,7 +38,9 @@ import pytest
 from sqlalchemy import select
 
 from prepaid.app import create_app
+from prepaid.audit import service as audit_service
 from prepaid.auth import service as auth_service
+from prepaid.catalog import service as catalog_service
 from prepaid.db import Database, utcnow
 from prepaid.ledger import service as ledger_service
 from prepaid.notify.models import OutboxMessage
@@ -82,6 +84,36 @@ GET     /v1/holds/{hold_id}                   401   200   404    200    200     
 POST    /v1/holds/{hold_id}/capture           401   403   403    200    200        403          200     200
 POST    /v1/holds/{hold_id}/release           401   403   403    200    200        403          200     200
 POST    /v1/transfers                         401   201   404    201    201        403          201     201
+GET     /v1/plans                             200   200   200    200    200        200          200     200
+POST    /v1/plans                             401   403   403    201    403        403          403     201
+GET     /v1/plans/{plan_id}                   200   200   200    200    200        200          200     200
+PATCH   /v1/plans/{plan_id}                   401   403   403    200    403        403          403     200
+POST    /v1/plans/{plan_id}/archive           401   403   403    200    403        403          403     200
+GET     /v1/catalog/unit_prices               200   200   200    200    200        200          200     200
+PUT     /v1/catalog/unit_prices               401   403   403    200    403        403          403     200
+GET     /v1/meters                            200   200   200    200    200        200          200     200
+POST    /v1/meters                            401   403   403    201    403        403          403     201
+GET     /v1/meters/{code}                     200   200   200    200    200        200          200     200
+PATCH   /v1/meters/{code}                     401   403   403    200    403        403          403     200
+POST    /v1/meters/{code}/archive             401   403   403    200    403        403          403     200
+GET     /v1/discount_slabs                    200   200   200    200    200        200          200     200
+PUT     /v1/discount_slabs                    401   403   403    200    403        403          403     200
+GET     /v1/offers                            200   200   200    200    200        200          200     200
+POST    /v1/offers                            401   403   403    201    403        403          403     201
+GET     /v1/offers/{offer_id}                 200   200   200    200    200        200          200     200
+PATCH   /v1/offers/{offer_id}                 401   403   403    200    403        403          403     200
+POST    /v1/offers/{offer_id}/archive         401   403   403    200    403        403          403     200
+GET     /v1/coupons                           401   403   403    200    403        403          403     200
+POST    /v1/coupons                           401   403   403    201    403        403          403     201
+POST    /v1/coupons/validate                  200   200   200    200    200        200          200     200
+GET     /v1/coupons/{code}                    401   403   403    200    403        403          403     200
+PATCH   /v1/coupons/{code}                    401   403   403    200    403        403          403     200
+POST    /v1/coupons/{code}/archive            401   403   403    200    403        403          403     200
+GET     /v1/coupons/{code}/assignments        401   403   403    200    403        403          403     200
+POST    /v1/coupons/{code}/assignments        401   403   403    200    403        403          403     200
+DELETE  /v1/coupons/{code}/assignments/{user_id}  401  403  403  200  403  403  403  200
+GET     /v1/me/coupons                        401   200   200    200    200        200          200     200
+POST    /v1/quotes                            200   200   200    200    200        200          200     200
 """
 
 ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found"}
@@ -364,6 +396,199 @@ async def _transfer(world: World, role: str) -> Call:
     return Call("/v1/transfers", body)
 
 
+# ---------------------------------------------------------------- catalog (admin writes; public reads)
+
+
+def _catalog_actor(world: World) -> audit_service.Actor:
+    return audit_service.Actor(user_id=world.admin.id)
+
+
+async def _catalog_plan(world: World) -> str:
+    async with world.db.transaction() as session:
+        plan = await catalog_service.create_plan(
+            session,
+            actor=_catalog_actor(world),
+            code=f"matrix-{secrets.token_hex(4)}",
+            name="Matrix plan",
+            credits=100,
+            prices={"INR": 100_000},
+        )
+    return plan.id
+
+
+async def _catalog_meter(world: World) -> str:
+    async with world.db.transaction() as session:
+        meter = await catalog_service.create_meter(
+            session,
+            actor=_catalog_actor(world),
+            code=f"matrix-{secrets.token_hex(4)}",
+            name="Matrix meter",
+            kind="unit",
+            unit="call",
+            price=1,
+        )
+    return meter.code
+
+
+async def _catalog_offer(world: World) -> str:
+    async with world.db.transaction() as session:
+        offer = await catalog_service.create_offer(
+            session, actor=_catalog_actor(world), name="Matrix offer", kind="percent_off", percent_bps=500
+        )
+    return offer.id
+
+
+async def _plans(world: World, role: str) -> Call:
+    return Call("/v1/plans")
+
+
+async def _create_plan(world: World, role: str) -> Call:
+    body = {"code": f"new-{secrets.token_hex(4)}", "name": "New", "credits": 10, "prices": {"INR": 1_000}}
+    return Call("/v1/plans", body)
+
+
+async def _plan(world: World, role: str) -> Call:
+    return Call(f"/v1/plans/{await _catalog_plan(world)}")
+
+
+async def _update_plan(world: World, role: str) -> Call:
+    return Call(f"/v1/plans/{await _catalog_plan(world)}", {"name": "Renamed plan"})
+
+
+async def _archive_plan(world: World, role: str) -> Call:
+    return Call(f"/v1/plans/{await _catalog_plan(world)}/archive")
+
+
+async def _unit_prices(world: World, role: str) -> Call:
+    return Call("/v1/catalog/unit_prices")
+
+
+async def _replace_unit_prices(world: World, role: str) -> Call:
+    return Call("/v1/catalog/unit_prices", {"unit_prices": [{"currency": "INR", "unit_amount": 1_000}]})
+
+
+async def _meters(world: World, role: str) -> Call:
+    return Call("/v1/meters")
+
+
+async def _create_meter(world: World, role: str) -> Call:
+    body = {"code": f"new-{secrets.token_hex(4)}", "name": "New", "kind": "unit", "unit": "call", "price": 1}
+    return Call("/v1/meters", body)
+
+
+async def _meter(world: World, role: str) -> Call:
+    return Call(f"/v1/meters/{await _catalog_meter(world)}")
+
+
+async def _update_meter(world: World, role: str) -> Call:
+    return Call(f"/v1/meters/{await _catalog_meter(world)}", {"price": 2})
+
+
+async def _archive_meter(world: World, role: str) -> Call:
+    return Call(f"/v1/meters/{await _catalog_meter(world)}/archive")
+
+
+async def _discount_slabs(world: World, role: str) -> Call:
+    return Call("/v1/discount_slabs")
+
+
+async def _replace_discount_slabs(world: World, role: str) -> Call:
+    return Call("/v1/discount_slabs", {"slabs": [{"min_credits": 1_000, "percent": "5"}]})
+
+
+async def _offers(world: World, role: str) -> Call:
+    return Call("/v1/offers")
+
+
+async def _create_offer(world: World, role: str) -> Call:
+    return Call("/v1/offers", {"name": "New offer", "kind": "bonus_credits", "bonus_credits": 10})
+
+
+async def _offer(world: World, role: str) -> Call:
+    return Call(f"/v1/offers/{await _catalog_offer(world)}")
+
+
+async def _update_offer(world: World, role: str) -> Call:
+    return Call(f"/v1/offers/{await _catalog_offer(world)}", {"name": "Renamed offer"})
+
+
+async def _archive_offer(world: World, role: str) -> Call:
+    return Call(f"/v1/offers/{await _catalog_offer(world)}/archive")
+
+
+# ---------------------------------------------------------------- coupons and quotes (admin writes; anyone quotes)
+
+
+async def _matrix_coupon(world: World, *, assign_to: str | None = None) -> str:
+    """A public 10 % coupon on every plan (allotted to ``assign_to`` if given); its code, in lower case."""
+    async with world.db.transaction() as session:
+        coupon = await catalog_service.create_coupon(
+            session,
+            actor=_catalog_actor(world),
+            code=f"MATRIX-{secrets.token_hex(4)}",
+            kind="percent_off",
+            percent_bps=1000,
+        )
+        if assign_to is not None:
+            await catalog_service.assign_coupon(
+                session, code=coupon.code, user_ids=[assign_to], actor=_catalog_actor(world)
+            )
+    return coupon.code.lower()
+
+
+async def _matrix_purchase(world: World) -> dict[str, Any]:
+    plan_id = await _catalog_plan(world)
+    async with world.db.transaction(write=False) as session:
+        plan = await catalog_service.get_plan(session, plan_id)
+    return {"plan": plan.code, "currency": "INR"}
+
+
+async def _coupons(world: World, role: str) -> Call:
+    return Call("/v1/coupons")
+
+
+async def _create_coupon(world: World, role: str) -> Call:
+    return Call("/v1/coupons", {"code": f"NEW-{secrets.token_hex(4)}", "kind": "percent_off", "percent": 5})
+
+
+async def _validate_coupon(world: World, role: str) -> Call:
+    purchase = await _matrix_purchase(world)
+    return Call("/v1/coupons/validate", {**purchase, "coupon": await _matrix_coupon(world)})
+
+
+async def _coupon(world: World, role: str) -> Call:
+    return Call(f"/v1/coupons/{await _matrix_coupon(world)}")
+
+
+async def _update_coupon(world: World, role: str) -> Call:
+    return Call(f"/v1/coupons/{await _matrix_coupon(world)}", {"percent": 20})
+
+
+async def _archive_coupon(world: World, role: str) -> Call:
+    return Call(f"/v1/coupons/{await _matrix_coupon(world)}/archive")
+
+
+async def _coupon_assignments(world: World, role: str) -> Call:
+    return Call(f"/v1/coupons/{await _matrix_coupon(world, assign_to=world.user.id)}/assignments")
+
+
+async def _assign_coupon(world: World, role: str) -> Call:
+    return Call(f"/v1/coupons/{await _matrix_coupon(world)}/assignments", {"user_ids": [world.user.id]})
+
+
+async def _withdraw_coupon(world: World, role: str) -> Call:
+    code = await _matrix_coupon(world, assign_to=world.user.id)
+    return Call(f"/v1/coupons/{code}/assignments/{world.user.id}")
+
+
+async def _my_coupons(world: World, role: str) -> Call:
+    return Call("/v1/me/coupons")
+
+
+async def _quote(world: World, role: str) -> Call:
+    return Call("/v1/quotes", {**await _matrix_purchase(world), "coupon": await _matrix_coupon(world)})
+
+
 REQUESTS: dict[tuple[str, str], Prepare] = {
     ("POST", "/v1/auth/register"): _register,
     ("POST", "/v1/auth/login"): _login,
@@ -397,6 +622,36 @@ REQUESTS: dict[tuple[str, str], Prepare] = {
     ("POST", "/v1/holds/{hold_id}/capture"): _capture,
     ("POST", "/v1/holds/{hold_id}/release"): _release,
     ("POST", "/v1/transfers"): _transfer,
+    ("GET", "/v1/plans"): _plans,
+    ("POST", "/v1/plans"): _create_plan,
+    ("GET", "/v1/plans/{plan_id}"): _plan,
+    ("PATCH", "/v1/plans/{plan_id}"): _update_plan,
+    ("POST", "/v1/plans/{plan_id}/archive"): _archive_plan,
+    ("GET", "/v1/catalog/unit_prices"): _unit_prices,
+    ("PUT", "/v1/catalog/unit_prices"): _replace_unit_prices,
+    ("GET", "/v1/meters"): _meters,
+    ("POST", "/v1/meters"): _create_meter,
+    ("GET", "/v1/meters/{code}"): _meter,
+    ("PATCH", "/v1/meters/{code}"): _update_meter,
+    ("POST", "/v1/meters/{code}/archive"): _archive_meter,
+    ("GET", "/v1/discount_slabs"): _discount_slabs,
+    ("PUT", "/v1/discount_slabs"): _replace_discount_slabs,
+    ("GET", "/v1/offers"): _offers,
+    ("POST", "/v1/offers"): _create_offer,
+    ("GET", "/v1/offers/{offer_id}"): _offer,
+    ("PATCH", "/v1/offers/{offer_id}"): _update_offer,
+    ("POST", "/v1/offers/{offer_id}/archive"): _archive_offer,
+    ("GET", "/v1/coupons"): _coupons,
+    ("POST", "/v1/coupons"): _create_coupon,
+    ("POST", "/v1/coupons/validate"): _validate_coupon,
+    ("GET", "/v1/coupons/{code}"): _coupon,
+    ("PATCH", "/v1/coupons/{code}"): _update_coupon,
+    ("POST", "/v1/coupons/{code}/archive"): _archive_coupon,
+    ("GET", "/v1/coupons/{code}/assignments"): _coupon_assignments,
+    ("POST", "/v1/coupons/{code}/assignments"): _assign_coupon,
+    ("DELETE", "/v1/coupons/{code}/assignments/{user_id}"): _withdraw_coupon,
+    ("GET", "/v1/me/coupons"): _my_coupons,
+    ("POST", "/v1/quotes"): _quote,
 }
 
 # Operations whose success changes the callers themselves (deleting your account ends your keys too): each
