@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     razorpay_api_base: str = "https://api.razorpay.com"
     stripe_secret_key: SecretStr | None = Field(default=None, validation_alias=_env("stripe_secret_key"))
     stripe_publishable_key: str | None = Field(default=None, validation_alias=_env("stripe_publishable_key"))
-    stripe_webhook_secret: SecretStr | None = Field(default=None, validation_alias=_env("stripe_webhook_secret"))
+    stripe_webhook_secret: SecretStr | None = Field(
+        default=None, validation_alias=_env("stripe_webhook_secret")
+    )
     stripe_api_base: str = "https://api.stripe.com"
     gateway_timeout: float = Field(default=30.0, gt=0, le=300)
 

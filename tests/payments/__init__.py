@@ -1,0 +1,1 @@
+"""Payment gateway adapters against the official SDKs and fake gateway servers over real HTTP."""
