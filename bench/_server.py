@@ -110,7 +110,9 @@ class Server:
 
 
 @contextlib.contextmanager
-def _run(command: list[str], *, env: dict[str, str], port: int, folder: Path, cwd: Path) -> Iterator[Server]:
+def _run(
+    command: list[str], *, env: dict[str, str], port: int, folder: Path, cwd: Path, wait: bool
+) -> Iterator[Server]:
     log_path = folder / f"server-{port}.log"
     log = log_path.open("wb")
     process = subprocess.Popen(
@@ -118,26 +120,43 @@ def _run(command: list[str], *, env: dict[str, str], port: int, folder: Path, cw
     )
     server = Server(process=process, port=port, log_path=log_path, _log=log)
     try:
-        server.wait_until_ready()
+        if wait:
+            server.wait_until_ready()
         yield server
     finally:
         server.stop()
 
 
 @contextlib.contextmanager
-def serve(database_url: str, *, workers: int, folder: Path, **overrides: str) -> Iterator[Server]:
-    """``prepaid serve --workers N`` on an already migrated database; stopped (with its workers) on exit."""
+def serve(
+    database_url: str, *, workers: int, folder: Path, wait: bool = True, **overrides: str
+) -> Iterator[Server]:
+    """``prepaid serve --workers N`` on an already migrated database; stopped (with its workers) on exit.
+    With ``wait=False`` the caller waits (``wait_until_ready``), so that several servers start at once."""
     port = free_port()
     command = [sys.executable, "-m", "prepaid", "serve", "--port", str(port), "--workers", str(workers)]
     with _run(
-        command, env=server_env(database_url, port, **overrides), port=port, folder=folder, cwd=folder
+        command,
+        env=server_env(database_url, port, **overrides),
+        port=port,
+        folder=folder,
+        cwd=folder,
+        wait=wait,
     ) as server:
         yield server
 
 
 @contextlib.contextmanager
 def serve_floor(
-    database_url: str, *, workers: int, folder: Path, root: Path, lots: Path, pool: int, prefix: str
+    database_url: str,
+    *,
+    workers: int,
+    folder: Path,
+    root: Path,
+    lots: Path,
+    pool: int,
+    prefix: str,
+    wait: bool = True,
 ) -> Iterator[Server]:
     """The HTTP floor (``bench/_floor_app.py``) under uvicorn with ``workers`` processes."""
     port = free_port()
@@ -153,5 +172,5 @@ def serve_floor(
         sys.executable, "-m", "uvicorn", "bench._floor_app:create_app", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--log-level", "warning",
     ]  # fmt: skip
-    with _run(command, env=env, port=port, folder=folder, cwd=root) as server:
+    with _run(command, env=env, port=port, folder=folder, cwd=root, wait=wait) as server:
         yield server

@@ -2,7 +2,7 @@
 several concurrencies, along three paths on the same database in the same run:
 
 - ``HTTP``: ``POST /v1/wallets/{id}/debits`` to a real ``prepaid serve`` (2 workers on PostgreSQL, 1 on
-  SQLite), driven by keep-alive httpx clients in a separate process (``bench/_load.py``);
+  SQLite), driven by keep-alive HTTP/1.1 clients in a separate process (``bench/_load.py``);
 - ``service``: ``ledger.service.spend`` called in this process, each spend in its own ``db.transaction()``;
 - ``raw SQL``: the same debit written by hand with the bare driver (asyncpg on PostgreSQL, aiosqlite on
   SQLite): a conditional ``UPDATE ledger_account ... WHERE balance >= amount``, the lot decremented, the
@@ -35,8 +35,9 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,8 +85,9 @@ class Row:
     wall_seconds: float | None = None  # the cell's length, start-up of its load process included
 
     def other_share(self, cpus: int) -> float | None:
-        """The part of the machine's CPU that went to none of the measured processes (anything else running,
-        the load process's start-up, an idle server's jobs): near 0 when the figures are clean."""
+        """The part of the machine's CPU that went to none of the measured processes during the cell (anything
+        else running, an idle server's jobs, a PostgreSQL backend that closed inside the cell): near 0 when
+        the figures are clean."""
         if self.busy_seconds is None or not self.wall_seconds:
             return None
         measured = sum(
@@ -454,8 +456,10 @@ def http_cell(
     spends: int | None,
     warmup: int,
     prefix: str,
+    meter: CpuMeter | None = None,
 ) -> Sample:
-    """One cell in a separate load process (``python -m bench._load``)."""
+    """One cell in a separate load process (``python -m bench._load``); ``meter`` is started when the load
+    process has warmed up and stopped when its time or budget is used up."""
     spec = {
         "base_url": server.base_url,
         "api_key": api_key,
@@ -471,19 +475,43 @@ def http_cell(
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     timeout = seconds + LOAD_TIMEOUT_SLACK if seconds is not None else SPENDS_CELL_TIMEOUT
-    done = subprocess.run(
-        [sys.executable, "-m", "bench._load"],
-        input=json.dumps(spec),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
-    if done.returncode != 0 or not done.stdout.strip():
-        raise RuntimeError(f"the load process failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return Sample.from_json(json.loads(done.stdout.strip().splitlines()[-1]))
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench._load"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,  # a file, not a pipe: nothing the load process says can block it
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        watchdog = threading.Timer(timeout, process.kill)  # bounds every wait below
+        watchdog.start()
+        try:
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(json.dumps(spec) + "\n")
+            process.stdin.flush()
+            lines = [process.stdout.readline()]
+            if lines[-1].strip() == "warm":
+                if meter is not None:
+                    meter.start()
+                process.stdin.write("go\n")
+                process.stdin.flush()
+                lines.append(process.stdout.readline())
+                if lines[-1].strip() == "stopped" and meter is not None:
+                    meter.stop()
+            lines.append(process.stdout.read())  # the sample, up to the end of the output
+            process.wait()
+        finally:
+            watchdog.cancel()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        out = "".join(lines)
+        errors.seek(0)
+        if process.returncode != 0 or not out.strip().endswith("}"):
+            raise RuntimeError(f"the load process failed ({process.returncode}):\n{out}\n{errors.read()}")
+    return Sample.from_json(json.loads(out.strip().splitlines()[-1]))
 
 
 # ---------------------------------------------------------------- CPU accounting
@@ -539,29 +567,40 @@ def _spent(before: dict[tuple[int, int], float], after: dict[tuple[int, int], fl
     return sum(value - before.get(key, 0.0) for key, value in after.items())
 
 
-@contextlib.contextmanager
-def cpu_meter(app_pids: Sequence[int] | None, *, database: str | None) -> Iterator[dict[str, float | None]]:
-    """CPU seconds spent during the block by the app (``app_pids``, or this process) and, given a PostgreSQL
-    ``database``, by the PostgreSQL processes working for it (those alive at the end; a backend that ended
-    inside the block is missed)."""
-    result: dict[str, float | None] = {"app": None, "db": None, "busy": None, "wall": None}
+class CpuMeter:
+    """CPU seconds spent between ``start`` and ``stop`` by the app (``app_pids``, or this process), by the
+    PostgreSQL processes working for ``database`` (those alive at the stop: a backend that ended in between,
+    such as a pool's overflow connection, is missed), and by the whole machine."""
 
-    def app_now() -> float:
-        if app_pids is not None:
-            return sum(_cpu_by_pid(app_pids).values())
+    def __init__(self, app_pids: Sequence[int] | None, *, database: str | None) -> None:
+        self.app_pids = app_pids
+        self.database = database
+        self.app: float | None = None
+        self.db: float | None = None
+        self.busy: float | None = None
+        self.wall: float | None = None
+        self._start: tuple[float, float | None, float, dict[tuple[int, int], float]] | None = None
+
+    def _app_now(self) -> float:
+        if self.app_pids is not None:
+            return sum(_cpu_by_pid(self.app_pids).values())
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
 
-    app_before, busy_before, wall_before = app_now(), _machine_busy(), time.monotonic()
-    db_before = _cpu_by_pid(_postgres_pids(database)) if database else {}
-    yield result
-    result["app"] = app_now() - app_before
-    busy_after = _machine_busy()
-    if busy_before is not None and busy_after is not None:
-        result["busy"] = busy_after - busy_before
-    result["wall"] = time.monotonic() - wall_before
-    if database:
-        result["db"] = _spent(db_before, _cpu_by_pid(_postgres_pids(database)))
+    def _db_now(self) -> dict[tuple[int, int], float]:
+        return _cpu_by_pid(_postgres_pids(self.database)) if self.database else {}
+
+    def start(self) -> None:
+        self._start = (self._app_now(), _machine_busy(), time.monotonic(), self._db_now())
+
+    def stop(self) -> None:
+        assert self._start is not None, "stop() before start()"
+        app, busy, wall, db = self._start
+        self.app = self._app_now() - app
+        busy_now = _machine_busy()
+        self.busy = busy_now - busy if busy is not None and busy_now is not None else None
+        self.wall = time.monotonic() - wall
+        self.db = _spent(db, self._db_now()) if self.database else None
 
 
 # ---------------------------------------------------------------- the run
@@ -634,7 +673,7 @@ async def run(config: Config) -> Report:
             if "http" in config.paths:
                 _say(config, f"starting prepaid serve --workers {workers} ...")
                 servers["http"] = stack.enter_context(
-                    _server.serve(config.database_url, workers=workers, folder=folder)
+                    _server.serve(config.database_url, workers=workers, folder=folder, wait=False)
                 )
             if "floor" in config.paths:
                 _say(config, f"starting the HTTP floor app with {workers} worker(s) ...")
@@ -649,8 +688,11 @@ async def run(config: Config) -> Report:
                         lots=lots_file,
                         pool=max(1, -(-max(config.concurrency) // workers)),
                         prefix=f"bench-{run_tag}-floor",
+                        wait=False,
                     )
                 )
+            for server in servers.values():  # started together, waited for in turn
+                await asyncio.to_thread(server.wait_until_ready)
             for wallets_label, wallet_ids in sets:
                 for clients in config.concurrency:
                     for path in ALL_PATHS:
@@ -686,25 +728,37 @@ async def _run_cell(
     clients: int,
     prefix: str,
 ) -> Row:
+    """One cell: warm up, then measure throughput, latencies and CPU over the measured part only."""
     if path in ("http", "floor"):
         server = servers[path]
-        pids = server.worker_pids()
-        with cpu_meter(pids, database=config.postgres_database) as cpu:
-            sample = await asyncio.to_thread(
-                http_cell,
-                server,
-                api_key=setup.api_key,
-                wallets=wallet_ids,
-                concurrency=clients,
-                warmup=config.warmup,
-                prefix=prefix,
-                seconds=config.seconds,
-                spends=config.spends,
-            )
-        return Row(wallets_label, clients, path, sample, cpu["app"], cpu["db"], cpu["busy"], cpu["wall"])
-    if path == "service":
-        operation = service_operation(db, prefix)
-        with cpu_meter(None, database=config.postgres_database) as cpu:
+        meter = CpuMeter(server.worker_pids(), database=config.postgres_database)
+        sample = await asyncio.to_thread(
+            http_cell,
+            server,
+            api_key=setup.api_key,
+            wallets=wallet_ids,
+            concurrency=clients,
+            warmup=config.warmup,
+            prefix=prefix,
+            seconds=config.seconds,
+            spends=config.spends,
+            meter=meter,
+        )
+    else:
+        meter = CpuMeter(None, database=config.postgres_database)
+        async with contextlib.AsyncExitStack() as stack:
+            if path == "service":
+                operation = service_operation(db, prefix)
+            elif config.is_postgres:
+                operation = await stack.enter_async_context(
+                    raw_postgres(config.database_url, concurrency=clients, lots=lots, prefix=prefix)
+                )
+            else:
+                operation = await stack.enter_async_context(
+                    raw_sqlite(
+                        sqlite_path(config.database_url), concurrency=clients, lots=lots, prefix=prefix
+                    )
+                )
             sample = await drive(
                 operation,
                 wallets=wallet_ids,
@@ -712,24 +766,10 @@ async def _run_cell(
                 warmup=config.warmup,
                 seconds=config.seconds,
                 spends=config.spends,
+                on_start=meter.start,
+                on_stop=meter.stop,
             )
-        return Row(wallets_label, clients, path, sample, cpu["app"], cpu["db"], cpu["busy"], cpu["wall"])
-    raw = (
-        raw_postgres(config.database_url, concurrency=clients, lots=lots, prefix=prefix)
-        if config.is_postgres
-        else raw_sqlite(sqlite_path(config.database_url), concurrency=clients, lots=lots, prefix=prefix)
-    )
-    async with raw as operation:
-        with cpu_meter(None, database=config.postgres_database) as cpu:
-            sample = await drive(
-                operation,
-                wallets=wallet_ids,
-                concurrency=clients,
-                warmup=config.warmup,
-                seconds=config.seconds,
-                spends=config.spends,
-            )
-    return Row(wallets_label, clients, path, sample, cpu["app"], cpu["db"], cpu["busy"], cpu["wall"])
+    return Row(wallets_label, clients, path, sample, meter.app, meter.db, meter.busy, meter.wall)
 
 
 # ---------------------------------------------------------------- the table
@@ -763,10 +803,10 @@ def cpu_lines(report: Report) -> list[str]:
         f"{'wallets':>7} {'clients':>7}  {'path':<8} {'app ms':>8} {'load ms':>8} {'db ms':>8} {'other %':>8}",
     ]
     for row in report.rows:
-        count = row.sample.count or 1
+        count = row.sample.cpu_operations or row.sample.count or 1
         wallets = "hot" if row.wallets == "hot" else f"{int(row.wallets):,}"
 
-        def per(value: float | None, n: int = count) -> str:
+        def per(value: float | None, n: float = count) -> str:
             return "" if value is None else f"{value * 1000 / n:.3f}"
 
         lines.append(

@@ -25,7 +25,8 @@ CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies are ``async def`` even when they do not await: FastAPI runs a plain ``def`` in a thread pool.
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -63,11 +64,10 @@ def credentials_from(request: Request) -> auth_service.Credentials:
     )
 
 
-async def optional_principal(
-    request: Request, session: Session, settings: SettingsDep
-) -> auth_service.Principal | None:
+async def optional_principal(request: Request, session: Session) -> auth_service.Principal | None:
+    # The settings are read here rather than through a dependency: this runs on every /v1 call.
     principal = await auth_service.resolve_principal(
-        session, credentials=credentials_from(request), settings=settings
+        session, credentials=credentials_from(request), settings=request.app.state.settings
     )
     if principal is not None and principal.web_session is not None and request.url.path.startswith("/v1/"):
         presented = request.headers.get(CSRF_HEADER)
@@ -139,7 +139,7 @@ CustomersWriter = Annotated[auth_service.Principal, Depends(require_scope("custo
 OrdersWriter = Annotated[auth_service.Principal, Depends(require_scope("orders:write"))]
 
 
-def page_params(
+async def page_params(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     starting_after: Annotated[str | None, Query(max_length=64)] = None,
     ending_before: Annotated[str | None, Query(max_length=64)] = None,

@@ -32,6 +32,7 @@ def test_ledger_benchmark_runs_every_path_and_leaves_the_books_clean(
         concurrency=[3],
         wallets=20,
         warmup=2,
+        paths=["http", "floor", "service", "raw"],
         folder=tmp_path,
         progress=False,
     )
@@ -43,7 +44,7 @@ def test_ledger_benchmark_runs_every_path_and_leaves_the_books_clean(
         (wallets, clients, path)
         for wallets in ("hot", "20")
         for clients in (3,)
-        for path in ("http", "service", "raw")
+        for path in ("http", "floor", "service", "raw")
     ]
     assert all(row.sample.count == 12 and row.sample.errors == 0 for row in report.rows)
     assert all(len(row.sample.latencies) == 12 for row in report.rows)
@@ -56,7 +57,7 @@ def test_ledger_benchmark_runs_every_path_and_leaves_the_books_clean(
         [wallets, str(clients), label]
         for wallets in ("hot", "20")
         for clients in (3,)
-        for label in ("HTTP", "service", "raw")
+        for label in ("HTTP", "HTTP+raw", "service", "raw")
     ]
     assert all(line.split()[-6] == "12" and line.split()[-1] == "0" for line in table[2:])
     bench_ledger.print_report(report)

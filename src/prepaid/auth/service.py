@@ -587,10 +587,19 @@ async def _principal_from_api_key(session: AsyncSession, raw: str) -> Principal:
     if parts is None:
         raise invalid
     public, secret = parts
-    key = await session.scalar(select(ApiKey).where(ApiKey.prefix == public))
-    if key is None or key.revoked_at is not None or not hmac.compare_digest(key.key_hash, sha256_hex(secret)):
+    # The key and its owner in one query: keys are checked on every call.
+    found = (
+        await session.execute(
+            select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(ApiKey.prefix == public)
+        )
+    ).first()
+    if found is None:
         raise invalid
-    user = await _active_user(session, key.user_id)
+    key, user = found
+    if key.revoked_at is not None or not hmac.compare_digest(key.key_hash, sha256_hex(secret)):
+        raise invalid
+    if not user.active or user.deleted_at is not None:
+        raise AuthenticationError("This account is deactivated.", code="account_inactive")
     if key.server and not user.is_admin:
         raise invalid  # server keys act on any customer: only while their owner is an admin
     return Principal(user=user, api_key=key)

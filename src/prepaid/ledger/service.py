@@ -6,7 +6,9 @@ Each movement:
 - runs in the caller's transaction and never commits;
 - locks the wallets it names, in id order (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's write lock is
   already held from ``BEGIN IMMEDIATE``), then checks its key, then decides, then writes. Two movements on one
-  wallet therefore serialise, and a repeated key sent concurrently finds the first one's transaction;
+  wallet therefore serialise, and a repeated key sent concurrently finds the first one's transaction. (The hot
+  path on PostgreSQL checks the key with the write itself, ``ON CONFLICT DO NOTHING``, and when it refuses: the
+  answers are the same, one round trip fewer; see "the hot path" below);
 - consumes lots in order: priority (lower first), then soonest expiry, then oldest; expired lots found on the
   way are swept into ``@expired`` first, so expired credits are never spent;
 - returns the transaction with the wallets' balances after it.
@@ -17,19 +19,41 @@ the debt first (clawback debt before overdraft debt). ``wallet.balance = sum(lot
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Select, and_, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import (
+    BigInteger,
+    BindParameter,
+    Select,
+    Table,
+    TextClause,
+    and_,
+    bindparam,
+    event,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from prepaid.audit import service as audit_service
-from prepaid.db import utcnow
-from prepaid.errors import IdempotencyError, InvalidRequest, NotFound, PermissionDenied
+from prepaid.db import Base, UTCDateTime, utcnow
+from prepaid.errors import DomainError, IdempotencyError, InvalidRequest, NotFound, PermissionDenied
 from prepaid.ids import new_id
 from prepaid.ledger.errors import (
     AssetMismatch,
@@ -58,6 +82,9 @@ SYSTEM_ACCOUNTS = {
     "@chargebacks": "sys_chargebacks",
     "@vendor_payouts": "sys_vendor_payouts",
 }
+
+
+_Model = TypeVar("_Model", bound=Base)
 
 
 class SettingsMismatch(RuntimeError):
@@ -349,7 +376,11 @@ async def lot_parts(
 async def postings_by_transaction(
     session: AsyncSession, *, transaction_ids: Sequence[str]
 ) -> dict[str, list[Posting]]:
-    """The postings of several transactions, in the order they were written, in one query."""
+    """The postings of several transactions, in the order they were written, in one query (none for the
+    movements this session just wrote: it has their postings already)."""
+    written: dict[str, list[Posting]] = session.info.get(_WRITTEN_POSTINGS, {})
+    if transaction_ids and all(transaction_id in written for transaction_id in transaction_ids):
+        return {transaction_id: list(written[transaction_id]) for transaction_id in transaction_ids}
     found: dict[str, list[Posting]] = {transaction_id: [] for transaction_id in transaction_ids}
     if found:
         rows = await session.scalars(
@@ -442,7 +473,7 @@ def _take(lots: Sequence[Lot], amount: int) -> tuple[list[tuple[Lot, int]], int]
     return taken, left
 
 
-def _add_debt(wallet: Account, amount: int, *, clawback: bool) -> None:
+def _add_debt(wallet: Account | _Locked, amount: int, *, clawback: bool) -> None:
     wallet.debt += amount
     if clawback:
         wallet.clawback_debt += amount
@@ -454,6 +485,17 @@ def _repay_debt(wallet: Account, amount: int) -> int:
     wallet.debt -= repaid
     wallet.clawback_debt -= min(repaid, wallet.clawback_debt)
     return repaid
+
+
+def _cancel_debt(wallet: Account | _Locked, amount: int, *, clawback: bool = False) -> int:
+    """Credits taken on overdraft come back: they cancel up to ``amount`` of the wallet's debt (clawback debt
+    with ``clawback``, else overdraft debt first); returns the debt cancelled."""
+    cancelled = min(amount, wallet.debt)
+    wallet.debt -= cancelled
+    if clawback:
+        wallet.clawback_debt = max(0, wallet.clawback_debt - cancelled)
+    wallet.clawback_debt = min(wallet.clawback_debt, wallet.debt)
+    return cancelled
 
 
 def _cancel_overdraft(
@@ -469,11 +511,7 @@ def _cancel_overdraft(
     made; if a grant repaid that debt meanwhile, the wallet gets them back as a ``refund`` lot. Returns the
     debt cancelled. A reversed clawback cancels clawback debt (``clawback=True``), anything else overdraft
     debt first."""
-    cancelled = min(amount, wallet.debt)
-    wallet.debt -= cancelled
-    if clawback:
-        wallet.clawback_debt = max(0, wallet.clawback_debt - cancelled)
-    wallet.clawback_debt = min(wallet.clawback_debt, wallet.debt)
+    cancelled = _cancel_debt(wallet, amount, clawback=clawback)
     if amount > cancelled:
         lot = _open_lot(
             session,
@@ -579,6 +617,706 @@ async def _expire_lot(session: AsyncSession, *, wallet: Account, lot: Lot) -> Tr
     lot.remaining = 0
     wallet.balance -= amount
     return transaction
+
+
+# ---------------------------------------------------------------- the hot path, in Core statements
+#
+# Spends, holds, clawbacks, captures and releases run as SQLAlchemy Core statements on the session's
+# connection instead of through the ORM's unit of work: the wallet's figures are read with its row lock and
+# its live lots with a query after the lock (on SQLite, whose write lock is held since BEGIN IMMEDIATE, one
+# query reads both and the idempotency key), then the transaction, its postings, the lots, the wallet and the
+# hold are written with one statement each (on PostgreSQL all in one statement, a data-modifying CTE). The
+# rules are the ones above; only the way rows are read and written differs. ORM objects of these rows that the
+# session already holds are updated in place (``set_committed_value``), so the session never shows stale
+# figures, and the returned transaction and hold are ordinary persistent ORM objects. Rare paths (an expired
+# lot to sweep first, a replay) go through the ORM machinery above.
+
+# The postings a movement wrote, by transaction id, in the session's ``info``: its answer needs them back.
+_WRITTEN_POSTINGS = "prepaid.ledger.written_postings"
+
+
+@event.listens_for(OrmSession, "after_soft_rollback")
+def _forget_written_postings(session: OrmSession, _previous: Any) -> None:
+    """Rows written in a transaction that rolled back (a savepoint, say) are not there to answer from."""
+    session.info.pop(_WRITTEN_POSTINGS, None)
+
+
+_ACCOUNT: Table = Account.__table__  # type: ignore[assignment]
+_TRANSACTION: Table = Transaction.__table__  # type: ignore[assignment]
+_POSTING: Table = Posting.__table__  # type: ignore[assignment]
+_LOT: Table = Lot.__table__  # type: ignore[assignment]
+_HOLD: Table = Hold.__table__  # type: ignore[assignment]
+_ALLOCATION: Table = HoldAllocation.__table__  # type: ignore[assignment]
+
+_LOCK_WALLET = (
+    select(
+        _ACCOUNT.c.id,
+        _ACCOUNT.c.asset,
+        _ACCOUNT.c.balance,
+        _ACCOUNT.c.held,
+        _ACCOUNT.c.debt,
+        _ACCOUNT.c.clawback_debt,
+        _ACCOUNT.c.overdraft_limit,
+        _ACCOUNT.c.frozen,
+        _ACCOUNT.c.hold_account_id,
+    )
+    .where(_ACCOUNT.c.id == bindparam("wallet_id"), _ACCOUNT.c.kind == "wallet")
+    .with_for_update()
+)
+_KEY_USED = select(_TRANSACTION.c.id, _TRANSACTION.c.request_hash).where(
+    _TRANSACTION.c.idempotency_key == bindparam("key")
+)
+_LIVE_LOTS = (
+    select(_LOT.c.id, _LOT.c.remaining, _LOT.c.expires_at)
+    .where(_LOT.c.wallet_id == bindparam("wallet_id"), _LOT.c.remaining > 0)
+    .order_by(_LOT.c.priority, _LOT.c.expires_at.is_(None), _LOT.c.expires_at, _LOT.c.id)
+)
+_WALLET_KEY_AND_LOTS = (
+    select(
+        *_LOCK_WALLET.selected_columns,
+        _KEY_USED.with_only_columns(_TRANSACTION.c.id).scalar_subquery().label("used_id"),
+        _KEY_USED.with_only_columns(_TRANSACTION.c.request_hash).scalar_subquery().label("used_hash"),
+        _LOT.c.id.label("lot_id"),
+        _LOT.c.remaining,
+        _LOT.c.expires_at,
+    )
+    .select_from(_ACCOUNT.outerjoin(_LOT, and_(_LOT.c.wallet_id == _ACCOUNT.c.id, _LOT.c.remaining > 0)))
+    .where(_ACCOUNT.c.id == bindparam("wallet_id"), _ACCOUNT.c.kind == "wallet")
+    .order_by(_LOT.c.priority, _LOT.c.expires_at.is_(None), _LOT.c.expires_at, _LOT.c.id)
+)
+_HOLD_STATE = select(_HOLD.c.wallet_id, _HOLD.c.amount, _HOLD.c.status).where(
+    _HOLD.c.id == bindparam("hold_id")
+)
+_ALLOCATIONS = (
+    select(_ALLOCATION.c.lot_id, _ALLOCATION.c.amount)
+    .where(_ALLOCATION.c.hold_id == bindparam("hold_id"))
+    .order_by(_ALLOCATION.c.id)
+)
+_MOVE_LOT = (
+    update(_LOT)
+    .where(_LOT.c.id == bindparam("lot_id"))
+    .values(remaining=_LOT.c.remaining + bindparam("delta", type_=BigInteger()))
+)
+
+
+@dataclass
+class _Locked:
+    """A wallet's figures, read with its row lock held; changed here and written back once."""
+
+    id: str
+    asset: str
+    balance: int
+    held: int
+    debt: int
+    clawback_debt: int
+    overdraft_limit: int
+    frozen: bool
+    hold_account_id: str | None
+
+
+@dataclass
+class _LotLeft:
+    id: str
+    remaining: int
+    expires_at: datetime | None
+
+
+@dataclass
+class _Writes:
+    """Everything one movement writes, gathered before any of it is sent."""
+
+    transaction: dict[str, Any]
+    postings: list[dict[str, Any]]
+    lot_deltas: list[tuple[str, int]] = field(default_factory=list)  # (lot id, change of remaining)
+    new_lots: list[dict[str, Any]] = field(default_factory=list)
+    hold: dict[str, Any] | None = None
+    allocations: list[dict[str, Any]] = field(default_factory=list)
+    hold_update: dict[str, Any] | None = None  # a resolved hold's new status, captured, resolved_at
+
+
+async def _connection(session: AsyncSession) -> AsyncConnection:
+    """The session's connection, with any pending ORM change sent first (Core statements do not autoflush)."""
+    if session.new or session.dirty or session.deleted:
+        await session.flush()
+    return await session.connection()
+
+
+async def _lock_wallet(conn: AsyncConnection, wallet_id: str) -> _Locked:
+    row = (await conn.execute(_LOCK_WALLET, {"wallet_id": wallet_id})).first()
+    if row is None:
+        raise NotFound(f"No wallet {wallet_id}.", param="wallet_id")
+    return _Locked(*row)
+
+
+def _balance_of(wallet: _Locked) -> WalletBalance:
+    return WalletBalance(wallet.id, wallet.asset, wallet.balance, wallet.held, wallet.debt)
+
+
+async def _replay_of(
+    session: AsyncSession, conn: AsyncConnection, *, idempotency_key: str, digest: str, wallet: _Locked
+) -> Movement | None:
+    """The movement already made with this key (looked up after the wallet's lock), or None."""
+    found = (await conn.execute(_KEY_USED, {"key": idempotency_key})).first()
+    if found is None:
+        return None
+    return await _replay_found(session, (found.id, found.request_hash), digest=digest, wallet=wallet)
+
+
+async def _replay_found(
+    session: AsyncSession, used: tuple[str, str], *, digest: str, wallet: _Locked
+) -> Movement:
+    """The movement already made with a key: ``used`` is its transaction's (id, request hash)."""
+    transaction_id, used_digest = used
+    if used_digest != digest:
+        raise IdempotencyError(
+            "This idempotency key was already used for a different movement.", param="idempotency_key"
+        )
+    existing = await session.get(Transaction, transaction_id)
+    assert existing is not None
+    hold = await session.scalar(
+        select(Hold)
+        .where(or_(Hold.hold_transaction_id == existing.id, Hold.resolve_transaction_id == existing.id))
+        .execution_options(populate_existing=True)
+    )
+    return Movement(existing, {wallet.id: _balance_of(wallet)}, hold=hold, replayed=True)
+
+
+async def _read_wallet_key_and_lots(
+    conn: AsyncConnection, wallet_id: str, idempotency_key: str
+) -> tuple[_Locked, tuple[str, str] | None, list[_LotLeft]]:
+    """The wallet's figures, the (id, request hash) of the transaction already made with the key if any, and
+    the wallet's live lots in spending order, in one query: only where the whole database is locked already
+    (SQLite's ``BEGIN IMMEDIATE``), so that nothing can change between the three."""
+    rows = (await conn.execute(_WALLET_KEY_AND_LOTS, {"wallet_id": wallet_id, "key": idempotency_key})).all()
+    if not rows:
+        raise NotFound(f"No wallet {wallet_id}.", param="wallet_id")
+    first = rows[0]
+    wallet = _Locked(*first[:9])
+    used = (first.used_id, first.used_hash) if first.used_id is not None else None
+    lots = [_LotLeft(row.lot_id, row.remaining, row.expires_at) for row in rows if row.lot_id is not None]
+    return wallet, used, lots
+
+
+async def _read_lots(conn: AsyncConnection, wallet_id: str) -> list[_LotLeft]:
+    """The wallet's lots with credits left, in spending order (read after the wallet's lock)."""
+    return [_LotLeft(*row) for row in await conn.execute(_LIVE_LOTS, {"wallet_id": wallet_id})]
+
+
+def _any_expired(lots: Sequence[_LotLeft], now: datetime) -> bool:
+    return any(lot.expires_at is not None and lot.expires_at <= now for lot in lots)
+
+
+async def _sweep_expired(
+    session: AsyncSession, conn: AsyncConnection, wallet: _Locked, now: datetime
+) -> tuple[_Locked, list[_LotLeft]]:
+    """Sweeps the wallet's expired lots into ``@expired`` (rare: the runner sweeps most) through the ORM path,
+    then reads the wallet's figures and lots again."""
+    locked = await _lock_wallets(session, [wallet.id])  # the lock is held already; this loads the ORM rows
+    await _spendable_lots(session, locked[wallet.id], now)
+    await session.flush()
+    wallet = await _lock_wallet(conn, wallet.id)
+    return wallet, await _read_lots(conn, wallet.id)
+
+
+def _take_from(lots: Sequence[_LotLeft], amount: int) -> tuple[list[tuple[str, int]], int]:
+    """Takes up to ``amount`` from the lots in order: (lot id, part) taken, and the shortfall."""
+    taken: list[tuple[str, int]] = []
+    left = amount
+    for lot in lots:
+        if left == 0:
+            break
+        part = min(lot.remaining, left)
+        if part:
+            taken.append((lot.id, part))
+            left -= part
+    return taken, left
+
+
+def _transaction_row(
+    *,
+    kind: str,
+    idempotency_key: str,
+    digest: str,
+    legs: Sequence[tuple[str, str, int]],
+    reference: tuple[str | None, str | None],
+    memo: str,
+    metadata: dict[str, Any] | None,
+    actor_user_id: str | None,
+    now: datetime,
+) -> _Writes:
+    """The rows of a transaction and its postings (``legs`` as in ``_new_transaction``, checked the same way)."""
+    sums: dict[str, int] = {}
+    for _account, asset, amount in legs:
+        sums[asset] = sums.get(asset, 0) + amount
+    if any(sums.values()) or len(legs) == 1:
+        raise AssertionError(f"unbalanced transaction {kind}: {legs}")
+    transaction_id = new_id("txn")
+    return _Writes(
+        transaction={
+            "id": transaction_id,
+            "kind": kind,
+            "idempotency_key": idempotency_key,
+            "request_hash": digest,
+            "reference_type": reference[0],
+            "reference_id": reference[1],
+            "reverses_id": None,
+            "memo": memo,
+            "metadata": metadata or {},
+            "actor_user_id": actor_user_id,
+            "lot_moves": [],
+            "debt_change": 0,
+            "created_at": now,
+        },
+        postings=[
+            {
+                "transaction_id": transaction_id,
+                "account_id": account,
+                "asset": asset,
+                "amount": amount,
+                "created_at": now,
+            }
+            for account, asset, amount in legs
+            if amount != 0
+        ],
+    )
+
+
+def _lot_row(
+    wallet: _Locked, *, transaction_id: str, amount: int, source: str, priority: int | None, now: datetime
+) -> dict[str, Any]:
+    return {
+        "id": new_id("lot"),
+        "wallet_id": wallet.id,
+        "transaction_id": transaction_id,
+        "asset": wallet.asset,
+        "source": source,
+        "priority": DEFAULT_PRIORITY[source] if priority is None else priority,
+        "amount": amount,
+        "remaining": amount,
+        "expires_at": None,
+        "created_at": now,
+    }
+
+
+async def _write(
+    session: AsyncSession, conn: AsyncConnection, wallet: _Locked, writes: _Writes, now: datetime
+) -> tuple[Transaction, Hold | None] | None:
+    """Sends a movement's rows and the wallet's new figures; returns its transaction and hold as ORM objects,
+    or None when (on PostgreSQL) its idempotency key turned out to be taken and nothing was written."""
+    figures = {
+        "balance": wallet.balance,
+        "held": wallet.held,
+        "debt": wallet.debt,
+        "clawback_debt": wallet.clawback_debt,
+        "updated_at": now,
+    }
+    if _late_key_check(conn):
+        posting_ids = await _pg_write(conn, wallet, writes, now)
+        if posting_ids is None:
+            return None
+    else:
+        await conn.execute(insert(_TRANSACTION), writes.transaction)
+        posting_ids = []
+        if writes.postings:
+            inserted = await conn.execute(
+                insert(_POSTING).returning(_POSTING.c.id, sort_by_parameter_order=True), writes.postings
+            )
+            posting_ids = list(inserted.scalars())
+        if writes.new_lots:
+            await conn.execute(insert(_LOT), writes.new_lots)
+        if writes.lot_deltas:
+            await conn.execute(
+                _MOVE_LOT, [{"lot_id": lot, "delta": delta} for lot, delta in writes.lot_deltas]
+            )
+        await conn.execute(update(_ACCOUNT).where(_ACCOUNT.c.id == wallet.id).values(**figures))
+        if writes.hold is not None:
+            await conn.execute(insert(_HOLD), writes.hold)
+        if writes.allocations:
+            await conn.execute(insert(_ALLOCATION), writes.allocations)
+        if writes.hold_update is not None:
+            hold_id = writes.hold_update["id"]
+            changes = {key: value for key, value in writes.hold_update.items() if key != "id"}
+            await conn.execute(update(_HOLD).where(_HOLD.c.id == hold_id).values(**changes))
+
+    # The ORM objects this session already holds for these rows take the new values, as if reloaded.
+    loaded_wallet = _loaded(session, Account, wallet.id)
+    if loaded_wallet is not None:
+        await _sync_loaded(session, loaded_wallet, figures)
+    for lot_id, delta in writes.lot_deltas:
+        loaded_lot = _loaded(session, Lot, lot_id)
+        if loaded_lot is not None:
+            if inspect(loaded_lot).expired_attributes:
+                await session.refresh(loaded_lot)
+            else:
+                set_committed_value(loaded_lot, "remaining", loaded_lot.remaining + delta)
+    row = dict(writes.transaction)
+    row["metadata_"] = row.pop("metadata")
+    transaction = _attach(session, Transaction(**row))
+    postings = [
+        _attach(session, Posting(id=posting_id, **posting))
+        for posting_id, posting in zip(posting_ids, writes.postings, strict=True)
+    ]
+    session.info.setdefault(_WRITTEN_POSTINGS, {})[transaction.id] = postings
+    hold: Hold | None = None
+    if writes.hold is not None:
+        row = dict(writes.hold)
+        row["metadata_"] = row.pop("metadata")
+        hold = _attach(session, Hold(**row))
+    elif writes.hold_update is not None:
+        hold_id = writes.hold_update["id"]
+        hold = _loaded(session, Hold, hold_id)
+        if hold is None:
+            hold = await session.get(Hold, hold_id)
+        else:
+            changes = {key: value for key, value in writes.hold_update.items() if key != "id"}
+            await _sync_loaded(session, hold, changes)
+    return transaction, hold
+
+
+def _late_key_check(conn: AsyncConnection) -> bool:
+    """On PostgreSQL the write itself finds a taken idempotency key (``ON CONFLICT DO NOTHING``), so the key is
+    looked up only when a movement is refused or its key turns out to be taken; elsewhere it is looked up
+    first, under the wallet's lock."""
+    return conn.dialect.name == "postgresql"
+
+
+async def _replay_or_refuse(
+    session: AsyncSession,
+    conn: AsyncConnection,
+    error: DomainError,
+    *,
+    idempotency_key: str,
+    digest: str,
+    wallet: _Locked,
+) -> Movement:
+    """A refused movement whose key was already used answers the movement made with it, as it would have had
+    the key been looked up first; otherwise the refusal stands."""
+    if _late_key_check(conn):
+        replay = await _replay_of(
+            session, conn, idempotency_key=idempotency_key, digest=digest, wallet=wallet
+        )
+        if replay:
+            return replay
+    raise error
+
+
+async def _replay_after_conflict(
+    session: AsyncSession, conn: AsyncConnection, *, idempotency_key: str, digest: str, wallet: _Locked
+) -> Movement:
+    replay = await _replay_of(session, conn, idempotency_key=idempotency_key, digest=digest, wallet=wallet)
+    if replay is None:
+        raise AssertionError(f"idempotency key {idempotency_key!r} conflicted but cannot be found")
+    return replay
+
+
+def _loaded(session: AsyncSession, cls: type[_Model], primary_key: str) -> _Model | None:
+    found = session.sync_session.identity_map.get(identity_key(cls, primary_key))
+    return found if isinstance(found, cls) else None
+
+
+async def _sync_loaded(session: AsyncSession, instance: Base, values: dict[str, Any]) -> None:
+    """An ORM object of a row just written with Core takes the row's new ``values``, as if reloaded; one with
+    expired attributes (which would need a query to read) is reloaded instead."""
+    if inspect(instance).expired_attributes:
+        await session.refresh(instance)
+        return
+    for key, value in values.items():
+        set_committed_value(instance, key, value)
+
+
+def _attach(session: AsyncSession, instance: _Model) -> _Model:
+    """A row just written, as a persistent ORM object of the session (no query, nothing more to write)."""
+    make_transient_to_detached(instance)
+    session.add(instance)
+    return instance
+
+
+# On PostgreSQL a movement's rows go in one statement: a data-modifying CTE that inserts the transaction (and
+# does nothing when its idempotency key is taken: the caller then answers the movement made with it), and only
+# then, from its ``RETURNING``, the postings, the lot changes, the wallet's figures and the hold. Every part is
+# one statement, so the foreign keys are checked at its end and the deferred zero-sum trigger at commit.
+_PG_WRITES: dict[tuple[int, int, int, bool, int, bool], TextClause] = {}
+
+
+def _pg_writes_statement(shape: tuple[int, int, int, bool, int, bool]) -> TextClause:
+    """The CTE for ``shape`` = (postings, lot changes, new lots, new hold, allocations, resolved hold)."""
+    cached = _PG_WRITES.get(shape)
+    if cached is not None:
+        return cached
+    postings, lot_deltas, new_lots, new_hold, allocations, resolved = shape
+    # Only placeholder names made from counts are put into the text; every value is a bound parameter.
+    binds: list[BindParameter[Any]] = [
+        bindparam("metadata", type_=JSONB()),
+        bindparam("lot_moves", type_=JSONB()),
+        bindparam("now", type_=UTCDateTime()),
+    ]
+    parts = [
+        "t AS (INSERT INTO ledger_transaction (id, kind, idempotency_key, request_hash, reference_type, "
+        "reference_id, reverses_id, memo, metadata, actor_user_id, lot_moves, debt_change, created_at) "
+        "VALUES (:id, :kind, :idempotency_key, :request_hash, :reference_type, :reference_id, NULL, :memo, "
+        ":metadata, :actor_user_id, :lot_moves, :debt_change, :now) "
+        "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id)",
+        "a AS (UPDATE ledger_account SET balance = :balance, held = :held, debt = :debt, "
+        "clawback_debt = :clawback_debt, updated_at = :now FROM t WHERE ledger_account.id = :wallet_id "
+        "RETURNING ledger_account.id)",
+    ]
+    if postings:
+        rows = ", ".join(
+            f"(CAST(:p{n}_account AS VARCHAR), CAST(:p{n}_asset AS VARCHAR), CAST(:p{n}_amount AS BIGINT), {n})"
+            for n in range(postings)
+        )
+        parts.append(
+            "p AS (INSERT INTO ledger_posting (transaction_id, account_id, asset, amount, created_at) "  # noqa: S608
+            f"SELECT t.id, v.account_id, v.asset, v.amount, :now FROM t CROSS JOIN (VALUES {rows}) "
+            "AS v (account_id, asset, amount, n) ORDER BY v.n RETURNING id)"
+        )
+    if lot_deltas:
+        rows = ", ".join(
+            f"(CAST(:l{n}_id AS VARCHAR), CAST(:l{n}_delta AS BIGINT))" for n in range(lot_deltas)
+        )
+        parts.append(
+            "l AS (UPDATE ledger_lot SET remaining = ledger_lot.remaining + v.delta "  # noqa: S608
+            f"FROM t CROSS JOIN (VALUES {rows}) AS v (id, delta) WHERE ledger_lot.id = v.id "
+            "RETURNING ledger_lot.id)"
+        )
+    if new_lots:
+        rows = ", ".join(
+            f"(CAST(:n{n}_id AS VARCHAR), CAST(:n{n}_source AS VARCHAR), CAST(:n{n}_priority AS INTEGER), "
+            f"CAST(:n{n}_amount AS BIGINT), {n})"
+            for n in range(new_lots)
+        )
+        parts.append(
+            "n AS (INSERT INTO ledger_lot (id, wallet_id, transaction_id, asset, source, priority, amount, "  # noqa: S608
+            "remaining, expires_at, created_at) SELECT v.id, :wallet_id, t.id, :asset, v.source, v.priority, "
+            f"v.amount, v.amount, NULL, :now FROM t CROSS JOIN (VALUES {rows}) "
+            "AS v (id, source, priority, amount, n) ORDER BY v.n)"
+        )
+    if new_hold:
+        binds += [
+            bindparam("h_metadata", type_=JSONB()),
+            bindparam("h_expires_at", type_=UTCDateTime()),
+        ]
+        parts.append(
+            "h AS (INSERT INTO ledger_hold (id, wallet_id, asset, amount, captured, status, hold_transaction_id, "
+            "resolve_transaction_id, reference_type, reference_id, memo, metadata, expires_at, created_at, "
+            "resolved_at) SELECT :h_id, :wallet_id, :asset, :h_amount, 0, 'pending', t.id, NULL, "
+            ":reference_type, :reference_id, :memo, :h_metadata, :h_expires_at, :now, NULL FROM t RETURNING id)"
+        )
+        if allocations:
+            rows = ", ".join(
+                f"(CAST(:a{n}_lot AS VARCHAR), CAST(:a{n}_amount AS BIGINT), {n})" for n in range(allocations)
+            )
+            parts.append(
+                "ha AS (INSERT INTO ledger_hold_allocation (hold_id, lot_id, amount) "  # noqa: S608
+                f"SELECT h.id, v.lot_id, v.amount FROM h CROSS JOIN (VALUES {rows}) AS v (lot_id, amount, n) "
+                "ORDER BY v.n)"
+            )
+    if resolved:
+        parts.append(
+            "r AS (UPDATE ledger_hold SET status = :r_status, captured = :r_captured, "
+            "resolve_transaction_id = t.id, resolved_at = :now FROM t WHERE ledger_hold.id = :r_id "
+            "RETURNING ledger_hold.id)"
+        )
+    returned = [
+        "t.id",
+        "(SELECT count(*) FROM a) AS accounts",
+        "ARRAY(SELECT p.id FROM p ORDER BY p.id) AS posting_ids" if postings else "NULL AS posting_ids",
+        "(SELECT count(*) FROM l) AS lots" if lot_deltas else "0 AS lots",
+        "(SELECT count(*) FROM r) AS holds" if resolved else "0 AS holds",
+    ]
+    statement = text(f"WITH {', '.join(parts)} SELECT {', '.join(returned)} FROM t").bindparams(*binds)  # noqa: S608
+    _PG_WRITES[shape] = statement
+    return statement
+
+
+async def _pg_write(
+    conn: AsyncConnection, wallet: _Locked, writes: _Writes, now: datetime
+) -> list[int] | None:
+    """Sends the movement in one statement; returns its postings' ids, or None if its key was taken."""
+    row = writes.transaction
+    params: dict[str, Any] = {
+        "id": row["id"],
+        "kind": row["kind"],
+        "idempotency_key": row["idempotency_key"],
+        "request_hash": row["request_hash"],
+        "reference_type": row["reference_type"],
+        "reference_id": row["reference_id"],
+        "memo": row["memo"],
+        "metadata": row["metadata"],
+        "actor_user_id": row["actor_user_id"],
+        "lot_moves": row["lot_moves"],
+        "debt_change": row["debt_change"],
+        "now": now,
+        "wallet_id": wallet.id,
+        "asset": wallet.asset,
+        "balance": wallet.balance,
+        "held": wallet.held,
+        "debt": wallet.debt,
+        "clawback_debt": wallet.clawback_debt,
+    }
+    for n, posting in enumerate(writes.postings):
+        params.update(
+            {
+                f"p{n}_account": posting["account_id"],
+                f"p{n}_asset": posting["asset"],
+                f"p{n}_amount": posting["amount"],
+            }
+        )
+    for n, (lot_id, delta) in enumerate(writes.lot_deltas):
+        params.update({f"l{n}_id": lot_id, f"l{n}_delta": delta})
+    for n, lot in enumerate(writes.new_lots):
+        params.update(
+            {
+                f"n{n}_id": lot["id"],
+                f"n{n}_source": lot["source"],
+                f"n{n}_priority": lot["priority"],
+                f"n{n}_amount": lot["amount"],
+            }
+        )
+    if writes.hold is not None:
+        hold = writes.hold
+        params.update(
+            {
+                "h_id": hold["id"],
+                "h_amount": hold["amount"],
+                "h_metadata": hold["metadata"],
+                "h_expires_at": hold["expires_at"],
+            }
+        )
+        for n, allocation in enumerate(writes.allocations):
+            params.update({f"a{n}_lot": allocation["lot_id"], f"a{n}_amount": allocation["amount"]})
+    if writes.hold_update is not None:
+        update_ = writes.hold_update
+        params.update(
+            {"r_id": update_["id"], "r_status": update_["status"], "r_captured": update_["captured"]}
+        )
+    shape = (
+        len(writes.postings),
+        len(writes.lot_deltas),
+        len(writes.new_lots),
+        writes.hold is not None,
+        len(writes.allocations) if writes.hold is not None else 0,
+        writes.hold_update is not None,
+    )
+    result = (await conn.execute(_pg_writes_statement(shape), params)).first()
+    if result is None:
+        return None
+    # Every part must have written what it was given; anything else is a bug, and the request rolls back.
+    if (result.accounts, result.lots, result.holds) != (
+        1,
+        len(writes.lot_deltas),
+        1 if writes.hold_update is not None else 0,
+    ):
+        raise AssertionError(f"a movement's rows were not all written: {result}")
+    return list(result.posting_ids or [])
+
+
+async def _take_out(
+    session: AsyncSession,
+    *,
+    operation: Literal["spend", "hold", "clawback"],
+    wallet_id: str,
+    amount: int,
+    idempotency_key: str,
+    digest: str,
+    kind: str,
+    counterparty: str,
+    reference: tuple[str | None, str | None],
+    memo: str,
+    metadata: dict[str, Any] | None,
+    actor_user_id: str | None,
+    allow_debt: bool = False,
+    expires_at: datetime | None = None,
+) -> Movement:
+    """Credits out of a wallet's lots: a spend or a hold (down to ``-overdraft_limit`` at most, refused with
+    ``insufficient_credits`` otherwise, never on a frozen wallet) or a clawback (all of it into clawback debt
+    with ``allow_debt``, else what is available). What the lots lack is debt."""
+    conn = await _connection(session)
+    key = {"idempotency_key": idempotency_key, "digest": digest}
+    key_checked = not _late_key_check(conn)
+    lots: list[_LotLeft] | None = None
+    if key_checked:
+        # SQLite: the write lock is held since BEGIN IMMEDIATE, so the wallet, its key and its lots are read
+        # in one query.
+        wallet, used, lots = await _read_wallet_key_and_lots(conn, wallet_id, idempotency_key)
+        if used is not None:
+            return await _replay_found(session, used, digest=digest, wallet=wallet)
+    else:
+        wallet = await _lock_wallet(conn, wallet_id)
+    if operation != "clawback" and wallet.frozen:
+        error: DomainError = WalletFrozen(f"Wallet {wallet.id} is frozen.", param="wallet_id")
+        return await _replay_or_refuse(session, conn, error, wallet=wallet, **key)
+    now = utcnow()
+    if lots is None:
+        lots = await _read_lots(conn, wallet.id)
+    if _any_expired(lots, now):
+        if not key_checked and (replay := await _replay_of(session, conn, wallet=wallet, **key)):
+            return replay  # a replay sweeps nothing, wherever the key is looked up
+        wallet, lots = await _sweep_expired(session, conn, wallet, now)
+    if operation == "clawback":
+        take = amount if allow_debt else max(0, min(amount, wallet.balance))
+        metadata = {**(metadata or {}), "requested": amount, "taken": take}
+    else:
+        take = amount
+        if wallet.balance - amount < -wallet.overdraft_limit:
+            error = InsufficientCredits(available=wallet.balance, asset=wallet.asset, wallet_id=wallet.id)
+            return await _replay_or_refuse(session, conn, error, wallet=wallet, **key)
+    before = dataclasses.replace(wallet)
+    if operation == "hold":
+        assert wallet.hold_account_id is not None
+        other = wallet.hold_account_id
+    else:
+        other = _system(counterparty)
+    writes = _transaction_row(
+        kind=kind,
+        idempotency_key=idempotency_key,
+        digest=digest,
+        # A clawback of nothing still records the key, so a retry answers the same.
+        legs=[(wallet.id, wallet.asset, -take), (other, wallet.asset, take)] if take else [],
+        reference=reference,
+        memo=memo,
+        metadata=metadata,
+        actor_user_id=actor_user_id,
+        now=now,
+    )
+    taken, shortfall = _take_from(lots, take)
+    _add_debt(wallet, shortfall, clawback=operation == "clawback")
+    writes.lot_deltas = [(lot_id, -part) for lot_id, part in taken]
+    writes.transaction["lot_moves"] = [[lot_id, -part] for lot_id, part in taken]
+    writes.transaction["debt_change"] = shortfall
+    wallet.balance -= take
+    if operation == "hold":
+        assert expires_at is not None
+        wallet.held += take
+        hold_id = new_id("hold")
+        writes.hold = {
+            "id": hold_id,
+            "wallet_id": wallet.id,
+            "asset": wallet.asset,
+            "amount": take,
+            "captured": 0,
+            "status": "pending",
+            "hold_transaction_id": writes.transaction["id"],
+            "resolve_transaction_id": None,
+            "reference_type": reference[0],
+            "reference_id": reference[1],
+            "memo": memo,
+            "metadata": metadata or {},
+            "expires_at": expires_at,
+            "created_at": now,
+            "resolved_at": None,
+        }
+        # In the order taken: a capture charges them in this order (their ids ascend with it).
+        writes.allocations = [
+            {"hold_id": hold_id, "lot_id": lot_id, "amount": part} for lot_id, part in taken
+        ]
+        if shortfall:
+            writes.allocations.append({"hold_id": hold_id, "lot_id": None, "amount": shortfall})
+    written = await _write(session, conn, wallet, writes, now)
+    if written is None:  # the key was taken meanwhile: answer the movement made with it
+        return await _replay_after_conflict(session, conn, wallet=before, **key)
+    transaction, hold = written
+    return Movement(transaction, {wallet.id: _balance_of(wallet)}, hold=hold)
 
 
 # ---------------------------------------------------------------- credits in
@@ -732,32 +1470,20 @@ async def spend(
     digest = request_hash(
         kind, wallet=wallet_id, amount=amount, counterparty=counterparty, reference=reference
     )
-    wallets = await _lock_wallets(session, [wallet_id])
-    wallet = wallets[wallet_id]
-    replay = await _replay(session, idempotency_key=idempotency_key, digest=digest, wallets=[wallet])
-    if replay:
-        return replay
-    _require_active(wallet)
-    lots = await _spendable_lots(session, wallet, utcnow())
-    if wallet.balance - amount < -wallet.overdraft_limit:
-        raise InsufficientCredits(available=wallet.balance, asset=wallet.asset, wallet_id=wallet.id)
-    transaction = _new_transaction(
+    return await _take_out(
         session,
-        kind=kind,
+        operation="spend",
+        wallet_id=wallet_id,
+        amount=amount,
         idempotency_key=idempotency_key,
         digest=digest,
-        legs=[(wallet.id, wallet.asset, -amount), (_system(counterparty), wallet.asset, amount)],
+        kind=kind,
+        counterparty=counterparty,
         reference=reference,
         memo=memo,
         metadata=metadata,
         actor_user_id=actor_user_id,
     )
-    taken, shortfall = _take(lots, amount)
-    _add_debt(wallet, shortfall, clawback=False)
-    transaction.lot_moves = [[lot.id, -part] for lot, part in taken]
-    transaction.debt_change = shortfall
-    wallet.balance -= amount
-    return Movement(transaction, {wallet.id: _snapshot(wallet)})
 
 
 async def clawback(
@@ -786,31 +1512,21 @@ async def clawback(
         counterparty=counterparty,
         reference=reference,
     )
-    wallets = await _lock_wallets(session, [wallet_id])
-    wallet = wallets[wallet_id]
-    replay = await _replay(session, idempotency_key=idempotency_key, digest=digest, wallets=[wallet])
-    if replay:
-        return replay
-    lots = await _spendable_lots(session, wallet, utcnow())
-    take = amount if allow_debt else max(0, min(amount, wallet.balance))
-    transaction = _new_transaction(
+    return await _take_out(
         session,
-        kind=kind,
+        operation="clawback",
+        wallet_id=wallet_id,
+        amount=amount,
         idempotency_key=idempotency_key,
         digest=digest,
-        # Nothing to take still records the key, so a retry answers the same.
-        legs=[(wallet.id, wallet.asset, -take), (_system(counterparty), wallet.asset, take)] if take else [],
+        kind=kind,
+        counterparty=counterparty,
         reference=reference,
         memo=memo,
-        metadata={**(metadata or {}), "requested": amount, "taken": take},
+        metadata=metadata,
         actor_user_id=actor_user_id,
+        allow_debt=allow_debt,
     )
-    taken, shortfall = _take(lots, take)
-    _add_debt(wallet, shortfall, clawback=True)
-    transaction.lot_moves = [[lot.id, -part] for lot, part in taken]
-    transaction.debt_change = shortfall
-    wallet.balance -= take
-    return Movement(transaction, {wallet.id: _snapshot(wallet)})
 
 
 async def adjust(
@@ -868,57 +1584,24 @@ async def hold(
 ) -> Movement:
     """Reserves credits: they leave their lots for the wallet's hold account until captured or released."""
     _require_positive(amount)
-    now = utcnow()
-    if expires_at <= now:
+    if expires_at <= utcnow():
         raise InvalidRequest("expires_at must be in the future.", code="invalid_expiry", param="expires_at")
     digest = request_hash("hold", wallet=wallet_id, amount=amount, reference=reference)
-    wallets = await _lock_wallets(session, [wallet_id])
-    wallet = wallets[wallet_id]
-    replay = await _replay(session, idempotency_key=idempotency_key, digest=digest, wallets=[wallet])
-    if replay:
-        return replay
-    _require_active(wallet)
-    lots = await _spendable_lots(session, wallet, now)
-    if wallet.balance - amount < -wallet.overdraft_limit:
-        raise InsufficientCredits(available=wallet.balance, asset=wallet.asset, wallet_id=wallet.id)
-    assert wallet.hold_account_id is not None
-    transaction = _new_transaction(
+    return await _take_out(
         session,
-        kind="hold",
+        operation="hold",
+        wallet_id=wallet_id,
+        amount=amount,
         idempotency_key=idempotency_key,
         digest=digest,
-        legs=[(wallet.id, wallet.asset, -amount), (wallet.hold_account_id, wallet.asset, amount)],
+        kind="hold",
+        counterparty="",
         reference=reference,
         memo=memo,
         metadata=metadata,
         actor_user_id=actor_user_id,
-    )
-    taken, shortfall = _take(lots, amount)
-    _add_debt(wallet, shortfall, clawback=False)
-    transaction.lot_moves = [[lot.id, -part] for lot, part in taken]
-    transaction.debt_change = shortfall
-    wallet.balance -= amount
-    wallet.held += amount
-    new_hold = Hold(
-        id=new_id("hold"),
-        wallet_id=wallet.id,
-        asset=wallet.asset,
-        amount=amount,
-        captured=0,
-        status="pending",
-        hold_transaction_id=transaction.id,
-        reference_type=reference[0],
-        reference_id=reference[1],
-        memo=memo,
-        metadata_=metadata or {},
         expires_at=expires_at,
-        created_at=now,
     )
-    session.add(new_hold)
-    session.add_all(HoldAllocation(hold_id=new_hold.id, lot_id=lot.id, amount=part) for lot, part in taken)
-    if shortfall:
-        session.add(HoldAllocation(hold_id=new_hold.id, lot_id=None, amount=shortfall))
-    return Movement(transaction, {wallet.id: _snapshot(wallet)}, hold=new_hold)
 
 
 async def capture(
@@ -982,24 +1665,32 @@ async def _resolve(
     metadata: dict[str, Any] | None,
     actor_user_id: str | None,
 ) -> Movement:
-    found = await get_hold(session, hold_id)
+    conn = await _connection(session)
+    # A hold's wallet never changes: when the session holds the hold already (the route that authorised it
+    # loaded it), its wallet is known without a query. An expired attribute would need one: read it then.
+    loaded = _loaded(session, Hold, hold_id)
+    wallet_id: str | None = inspect(loaded).dict.get("wallet_id") if loaded is not None else None
+    if wallet_id is None:
+        found = (await conn.execute(_HOLD_STATE, {"hold_id": hold_id})).first()
+        if found is None:
+            raise NotFound(f"No hold {hold_id}.", param="hold_id")
+        wallet_id = found.wallet_id
     digest = request_hash(status, hold=hold_id, amount=capture_amount, counterparty=counterparty)
-    wallets = await _lock_wallets(session, [found.wallet_id])
-    wallet = wallets[found.wallet_id]
-    replay = await _replay(session, idempotency_key=idempotency_key, digest=digest, wallets=[wallet])
-    if replay:
+    wallet = await _lock_wallet(conn, wallet_id)
+    key = {"idempotency_key": idempotency_key, "digest": digest}
+    if not _late_key_check(conn) and (replay := await _replay_of(session, conn, wallet=wallet, **key)):
         return replay
-    # Re-read under the wallet's lock: a concurrent capture or release may have resolved it meanwhile.
-    pending = await session.scalar(
-        select(Hold).where(Hold.id == hold_id).execution_options(populate_existing=True)
-    )
-    assert pending is not None
+    # Read again under the wallet's lock: a concurrent capture or release may have resolved it meanwhile.
+    pending = (await conn.execute(_HOLD_STATE, {"hold_id": hold_id})).one()
     if pending.status != "pending":
-        raise HoldNotPending(f"Hold {hold_id} is already {pending.status}.", param="hold_id")
+        error: DomainError = HoldNotPending(f"Hold {hold_id} is already {pending.status}.", param="hold_id")
+        return await _replay_or_refuse(session, conn, error, wallet=wallet, **key)
     if capture_amount > pending.amount:
-        raise CaptureExceedsHold(
+        error = CaptureExceedsHold(
             f"Cannot capture {capture_amount}: the hold is for {pending.amount}.", param="amount"
         )
+        return await _replay_or_refuse(session, conn, error, wallet=wallet, **key)
+    before = dataclasses.replace(wallet)
     assert wallet.hold_account_id is not None
     returned = pending.amount - capture_amount
     kind = "capture" if status == "captured" else "release"
@@ -1008,50 +1699,61 @@ async def _resolve(
         legs.append((_system(counterparty), wallet.asset, capture_amount))
     if returned:
         legs.append((wallet.id, wallet.asset, returned))
-    transaction = _new_transaction(
-        session,
+    now = utcnow()
+    writes = _transaction_row(
         kind=kind,
         idempotency_key=idempotency_key,
         digest=digest,
         legs=legs,
-        reference=("hold", pending.id),
+        reference=("hold", hold_id),
         memo=memo,
         metadata=metadata,
         actor_user_id=actor_user_id,
-    )
-    allocations = list(
-        await session.scalars(
-            select(HoldAllocation).where(HoldAllocation.hold_id == pending.id).order_by(HoldAllocation.id)
-        )
+        now=now,
     )
     # The captured part comes from the allocations in the order they were taken; the rest goes back.
     to_capture = capture_amount
     moves: list[list[Any]] = []
     debt_repaid = 0
-    for allocation in allocations:
-        charged = min(allocation.amount, to_capture)
+    for lot_id, allocated in await conn.execute(_ALLOCATIONS, {"hold_id": hold_id}):
+        charged = min(allocated, to_capture)
         to_capture -= charged
-        back = allocation.amount - charged
+        back = allocated - charged
         if not back:
             continue
-        if allocation.lot_id is None:
+        if lot_id is None:
             debt_repaid += back  # an overdraft reservation that is not charged is owed no more
         else:
-            lot = await session.get(Lot, allocation.lot_id, populate_existing=True)
-            assert lot is not None
-            lot.remaining += back
-            moves.append([lot.id, back])
-    transaction.debt_change = -_cancel_overdraft(
-        session, wallet=wallet, amount=debt_repaid, transaction_id=transaction.id, moves=moves
-    )
-    transaction.lot_moves = moves
+            writes.lot_deltas.append((lot_id, back))
+            moves.append([lot_id, back])
+    cancelled = _cancel_debt(wallet, debt_repaid)
+    if debt_repaid > cancelled:
+        refund = _lot_row(
+            wallet,
+            transaction_id=writes.transaction["id"],
+            amount=debt_repaid - cancelled,
+            source="refund",
+            priority=None,
+            now=now,
+        )
+        writes.new_lots.append(refund)
+        moves.append([refund["id"], refund["amount"]])
+    writes.transaction["debt_change"] = -cancelled
+    writes.transaction["lot_moves"] = moves
     wallet.held -= pending.amount
     wallet.balance += returned
-    pending.status = status
-    pending.captured = capture_amount
-    pending.resolve_transaction_id = transaction.id
-    pending.resolved_at = utcnow()
-    return Movement(transaction, {wallet.id: _snapshot(wallet)}, hold=pending)
+    writes.hold_update = {
+        "id": hold_id,
+        "status": status,
+        "captured": capture_amount,
+        "resolve_transaction_id": writes.transaction["id"],
+        "resolved_at": now,
+    }
+    written = await _write(session, conn, wallet, writes, now)
+    if written is None:  # the key was taken meanwhile: answer the movement made with it
+        return await _replay_after_conflict(session, conn, wallet=before, **key)
+    transaction, resolved = written
+    return Movement(transaction, {wallet.id: _balance_of(wallet)}, hold=resolved)
 
 
 # ---------------------------------------------------------------- between wallets
