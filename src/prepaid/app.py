@@ -30,6 +30,9 @@ from prepaid.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware, U
 from prepaid.notify import jobs as notify_jobs
 from prepaid.notify.email import build_mailer
 from prepaid.observability import RequestContextMiddleware, configure_logging, log, metrics_payload
+from prepaid.payments import api as payments_api
+from prepaid.payments import jobs as payments_jobs
+from prepaid.payments.gateways import build_gateways, sandbox, sandbox_pages
 from prepaid.ratelimit import RateLimiter
 from prepaid.responses import install_error_handlers
 from prepaid.runner import Job, JobRunner
@@ -104,6 +107,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = open_database(settings.database_url)
         app.state.db = db
+        # Built once: an enabled gateway without its keys stops the start (GatewayNotConfigured).
+        gateways = build_gateways(settings, database=db)
+        app.state.gateways = gateways
         try:
             async with db.transaction() as session:
                 await ledger_service.ensure_credit_scale(session, scale=settings.credit_scale)
@@ -118,6 +124,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 Job("idempotency_purge", lambda db, _settings: idempotency.purge_expired(db)),
                 Job("hold_expiry", ledger_jobs.expire_holds),
                 Job("lot_expiry", ledger_jobs.sweep_expired_lots),
+                Job("order_expiry", payments_jobs.expire_orders),
+                Job("gateway_events", payments_jobs.process_events),
+                *(
+                    [Job("sandbox_webhooks", sandbox.deliver_webhooks)]
+                    if "sandbox" in settings.gateway_names
+                    else []
+                ),
             ],
         )
         app.state.runner = runner
@@ -127,6 +140,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await runner.stop()
+            for gateway in gateways.values():
+                await gateway.aclose()
             await db.dispose()
 
     app = FastAPI(
@@ -139,6 +154,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.rate_limiter = RateLimiter(settings)
+    app.state.rate_limiter.configure("order_create", settings.rate_limit_order_create)
+    app.state.rate_limiter.configure("order_verify", settings.rate_limit_order_verify)
     app.state.mailer = mailer
     install_error_handlers(app)
 
@@ -147,8 +164,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit_router, dependencies=v1)
     app.include_router(ledger_router, dependencies=v1)
     app.include_router(catalog_router, dependencies=v1)
+    # Orders resolve their caller in a read-only transaction (gateway calls must not hold a write lock).
+    app.include_router(payments_api.router, dependencies=[Depends(payments_api.limit_by_caller)])
+    app.include_router(payments_api.webhooks)  # authenticated by the gateway's signature alone
     app.include_router(_ops_router())
     app.include_router(web_router)
+    if "sandbox" in settings.gateway_names:
+        app.include_router(sandbox_pages.router)  # the sandbox gateway's hosted checkout (not under /v1)
     app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
     app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")
 

@@ -1,18 +1,19 @@
 """Demo data for ``prepaid demo``: an admin and a demo user, and the catalog: five plans, unit prices, discount
-slabs, unit meters and a price table for well-known AI models (see docs/decisions.md, "Catalog")."""
+slabs, unit meters, a price table for well-known AI models and a public coupon (see docs/decisions.md,
+"Catalog"). The catalog is written through ``catalog.service``, like any other change to it."""
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
+from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from prepaid.audit import service as audit_service
 from prepaid.auth import service as auth_service
-from prepaid.catalog.models import DiscountSlab, Meter, Plan, PlanPrice, UnitPrice
-from prepaid.ids import new_id
+from prepaid.catalog import service as catalog_service
 from prepaid.ledger.models import LedgerMeta
 
 DEMO_ADMIN_EMAIL = "admin@example.com"
@@ -127,72 +128,73 @@ def _credit_units(whole: str, credit_scale: int) -> tuple[int, int]:
     return int(value), multiplier
 
 
-async def seed_catalog(session: AsyncSession, *, credit_scale: int) -> None:
-    """Add what is missing (by code, currency, or an empty slab list); an admin's later changes are kept."""
+# The demo coupon: 10 % off any plan or custom quantity, for anyone with the code.
+DEMO_COUPON: dict[str, Any] = {
+    "code": "WELCOME10",
+    "kind": "percent_off",
+    "percent_bps": 1_000,
+    "description": "Welcome: 10 % off any plan or custom quantity.",
+}
+# Whoever seeds the demo: the server itself, not a person (the audit log shows no user).
+SEED_ACTOR = audit_service.Actor(user_id=None)
+
+
+def demo_catalog(*, credit_scale: int) -> catalog_service.CatalogSeed:
+    """The demo catalog at a credit scale."""
     one = 10**credit_scale
-    for order, (code, name, credits, popular, prices) in enumerate(DEMO_PLANS):
-        if await session.scalar(select(Plan.id).where(Plan.code == code)) is None:
-            session.add(
-                Plan(
-                    id=new_id("pln"),
-                    code=code,
-                    name=name,
-                    description=f"{credits:,} credits",
-                    credits=credits * one,
-                    bonus_credits=0,
-                    popular=popular,
-                    active=True,
-                    sort_order=(order + 1) * 10,
-                    prices=[PlanPrice(currency=c, amount=a) for c, a in prices.items()],
-                )
-            )
-    for currency, unit_amount in DEMO_UNIT_PRICES:
-        if await session.get(UnitPrice, currency) is None:
-            session.add(
-                UnitPrice(
-                    currency=currency,
-                    unit_amount=unit_amount,
-                    min_quantity=DEMO_UNIT_MIN,
-                    max_quantity=DEMO_UNIT_MAX,
-                )
-            )
-    if await session.scalar(select(DiscountSlab.id).limit(1)) is None:
-        session.add_all(
-            DiscountSlab(id=new_id("slb"), min_credits=credits * one, percent_bps=bps)
-            for credits, bps in DEMO_SLABS
-        )
-    existing = set((await session.scalars(select(Meter.code))).all())
-    for code, name, input_usd, cached_usd, output_usd in DEMO_MODELS:
-        if code not in existing:
-            session.add(
-                Meter(
-                    id=new_id("mtr"),
-                    code=code,
-                    name=name,
-                    description=f"USD {input_usd} / {cached_usd} / {output_usd} per million tokens "
-                    f"(input / cached input / output) at {DEMO_INR_PER_USD} INR per USD",
-                    kind="model",
-                    unit="token",
-                    input_price=usd_to_credits(input_usd, credit_scale=credit_scale),
-                    cached_input_price=usd_to_credits(cached_usd, credit_scale=credit_scale),
-                    output_price=usd_to_credits(output_usd, credit_scale=credit_scale),
-                    active=True,
-                )
-            )
+    plans = [
+        {
+            "code": code,
+            "name": name,
+            "description": f"{credits:,} credits",
+            "credits": credits * one,
+            "popular": popular,
+            "sort_order": (order + 1) * 10,
+            "prices": prices,
+        }
+        for order, (code, name, credits, popular, prices) in enumerate(DEMO_PLANS)
+    ]
+    models = [
+        {
+            "code": code,
+            "name": name,
+            "description": f"USD {input_usd} / {cached_usd} / {output_usd} per million tokens "
+            f"(input / cached input / output) at {DEMO_INR_PER_USD} INR per USD",
+            "kind": "model",
+            "input_price": usd_to_credits(input_usd, credit_scale=credit_scale),
+            "cached_input_price": usd_to_credits(cached_usd, credit_scale=credit_scale),
+            "output_price": usd_to_credits(output_usd, credit_scale=credit_scale),
+        }
+        for code, name, input_usd, cached_usd, output_usd in DEMO_MODELS
+    ]
+    units = []
     for code, name, unit, whole, per in DEMO_UNIT_METERS:
-        if code not in existing:
-            price, multiplier = _credit_units(whole, credit_scale)
-            session.add(
-                Meter(
-                    id=new_id("mtr"),
-                    code=code,
-                    name=name,
-                    description="",
-                    kind="unit",
-                    unit=unit,
-                    price=price,
-                    per=per * multiplier,
-                    active=True,
-                )
-            )
-    await session.flush()
+        price, multiplier = _credit_units(whole, credit_scale)
+        units.append(
+            {
+                "code": code,
+                "name": name,
+                "kind": "unit",
+                "unit": unit,
+                "price": price,
+                "per": per * multiplier,
+            }
+        )
+    return catalog_service.CatalogSeed(
+        plans=plans,
+        unit_prices=[
+            catalog_service.UnitPriceInput(currency, amount, DEMO_UNIT_MIN, DEMO_UNIT_MAX)
+            for currency, amount in DEMO_UNIT_PRICES
+        ],
+        slabs=[catalog_service.SlabInput(credits * one, bps) for credits, bps in DEMO_SLABS],
+        meters=models + units,
+        coupons=[DEMO_COUPON],
+    )
+
+
+async def seed_catalog(session: AsyncSession, *, credit_scale: int) -> None:
+    """Add what is missing (by code, currency, or an empty slab list), through the catalog's own service; an
+    admin's later changes are kept."""
+    await catalog_service.seed_catalog(
+        session, actor=SEED_ACTOR, seed=demo_catalog(credit_scale=credit_scale)
+    )

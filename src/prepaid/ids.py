@@ -18,6 +18,8 @@ PREFIXES = frozenset(
     {"usr", "key", "rtk", "wss", "tok", "idk", "msg", "aud", "job", "wal", "acc", "txn", "lot", "hold"}
     | {"pln", "mtr", "slb", "ofr"}  # catalog
     | {"cpn", "cpa", "rsv"}  # catalog: coupons, their assignments, redemption reservations
+    | {"sbx"}  # the sandbox gateway: order_sbx_, pay_sbx_, rfnd_sbx_, evt_sbx_, whd_sbx_
+    | {"ord", "att", "evt"}  # payments: orders, attempts, gateway events (the webhook inbox)
 )
 
 

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     )
     stripe_api_base: str = "https://api.stripe.com"
     gateway_timeout: float = Field(default=30.0, gt=0, le=300)
+    # The built-in sandbox gateway: send some of its webhooks twice and out of order (tests, staging).
+    sandbox_chaos: bool = False
 
     redis_url: str | None = None
     smtp_url: str | None = None
@@ -75,6 +77,8 @@ class Settings(BaseSettings):
     password_reset_ttl: int = Field(default=3600, ge=300)
     email_verification_ttl: int = Field(default=3 * 24 * 3600, ge=600)
     idempotency_ttl: int = Field(default=24 * 3600, ge=60)
+    # Seconds a pending order waits for its payment before it expires and its coupon reservation is released.
+    order_ttl: int = Field(default=30 * 60, ge=60, le=7 * 24 * 3600)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     rate_limits_enabled: bool = True
@@ -83,6 +87,8 @@ class Settings(BaseSettings):
     rate_limit_auth: str = "20/minute"
     rate_limit_read: str = "1200/minute"
     rate_limit_write: str = "300/minute"
+    rate_limit_order_create: str = "15/hour"
+    rate_limit_order_verify: str = "10/15minute"
 
     run_jobs: bool = True
     job_interval: float = Field(default=2.0, gt=0)

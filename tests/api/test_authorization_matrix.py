@@ -26,11 +26,12 @@ A route added later without a row here fails ``test_matrix_covers_every_v1_opera
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
@@ -44,6 +45,8 @@ from prepaid.catalog import service as catalog_service
 from prepaid.db import Database, utcnow
 from prepaid.ledger import service as ledger_service
 from prepaid.notify.models import OutboxMessage
+from prepaid.payments import service as payments_service
+from prepaid.payments.gateways import sandbox
 from prepaid.settings import Settings
 from tests import factories
 from tests.factories import make_api_key, make_customer, make_user
@@ -114,6 +117,13 @@ POST    /v1/coupons/{code}/assignments        401   403   403    200    403     
 DELETE  /v1/coupons/{code}/assignments/{user_id}  401  403  403  200  403  403  403  200
 GET     /v1/me/coupons                        401   200   200    200    200        200          200     200
 POST    /v1/quotes                            200   200   200    200    200        200          200     200
+POST    /v1/orders                            401   201   201    201    403        403          201     201
+GET     /v1/orders                            401   200   200    200    403        200          200     200
+GET     /v1/orders/{order_id}                 401   200   404    200    403        200          200     200
+POST    /v1/orders/{order_id}/verify          401   200   404    200    403        403          200     200
+POST    /v1/orders/{order_id}/retry           401   200   404    200    403        403          200     200
+POST    /v1/orders/{order_id}/cancel          401   200   404    200    403        403          200     200
+POST    /v1/webhooks/{gateway}                200   200   200    200    200        200          200     200
 """
 
 ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found"}
@@ -185,6 +195,8 @@ async def make_world(app: Any) -> World:
 class Call:
     path: str
     json: dict[str, Any] | None = None
+    content: bytes | None = None  # a raw body (a webhook) instead of ``json``, with its own ``headers``
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 Prepare = Callable[[World, str], Awaitable[Call]]
@@ -589,6 +601,80 @@ async def _quote(world: World, role: str) -> Call:
     return Call("/v1/quotes", {**await _matrix_purchase(world), "coupon": await _matrix_coupon(world)})
 
 
+# ---------------------------------------------------------------- orders (the default sandbox gateway) and webhooks
+
+
+async def _sandbox_order(world: World) -> tuple[str, str]:
+    """A pending order of the first user on the sandbox: its id and its attempt's id."""
+    purchase = await _matrix_purchase(world)
+    order = await payments_service.place_order(
+        world.db,
+        buyer_id=world.user.id,
+        purchase=payments_service.Purchase(currency="INR", plan_code=purchase["plan"], gateway="sandbox"),
+        gateways=world.app.state.gateways,
+        settings=world.app.state.settings,
+        client_ip=None,
+        user_agent=None,
+    )
+    async with world.db.transaction(write=False) as session:
+        attempts = await payments_service.attempts_of(session, order.id)
+    return order.id, attempts[-1].id
+
+
+async def _create_order(world: World, role: str) -> Call:
+    return Call("/v1/orders", {**await _matrix_purchase(world), "gateway": "sandbox"})
+
+
+async def _orders(world: World, role: str) -> Call:
+    return Call("/v1/orders")
+
+
+async def _order(world: World, role: str) -> Call:
+    order_id, _attempt = await _sandbox_order(world)
+    return Call(f"/v1/orders/{order_id}")
+
+
+async def _verify_order(world: World, role: str) -> Call:
+    """Paid with the sandbox's test card; the body is the signed callback its checkout hands back."""
+    order_id, attempt = await _sandbox_order(world)
+    gateway = world.app.state.gateways["sandbox"]
+    card = sandbox.read_card("4111 1111 1111 1111", "12/40", "123", "Matrix", today=date.today())
+    settled = await sandbox.pay(
+        world.db, gateway.config, attempt, method="card", outcome="captured", card=card
+    )
+    return Call(f"/v1/orders/{order_id}/verify", dict(httpx.URL(settled.redirect_url).params))
+
+
+async def _retry_order(world: World, role: str) -> Call:
+    order_id, attempt = await _sandbox_order(world)
+    async with world.db.transaction() as session:
+        await payments_service.record_failure(session, attempt_id=attempt, reason="declined", now=utcnow())
+    return Call(f"/v1/orders/{order_id}/retry", {})
+
+
+async def _cancel_order(world: World, role: str) -> Call:
+    order_id, _attempt = await _sandbox_order(world)
+    return Call(f"/v1/orders/{order_id}/cancel", {})
+
+
+async def _webhook(world: World, role: str) -> Call:
+    """A webhook signed by the sandbox (authenticated by its signature, whoever the caller is)."""
+    order_id, _attempt = await _sandbox_order(world)
+    async with world.db.transaction(write=False) as session:
+        gateway_order_id = (await payments_service.attempts_of(session, order_id))[-1].gateway_order_id
+    payment = {"id": f"pay_matrix{secrets.token_hex(6)}", "entity": "payment", "amount": 100_000}
+    payment |= {"currency": "INR", "status": "failed", "order_id": gateway_order_id, "method": "card"}
+    body = {"entity": "event", "event": "payment.failed", "payload": {"payment": {"entity": payment}}}
+    raw = json.dumps(body).encode()
+    signature = world.app.state.gateways["sandbox"].config.webhook_signature(raw)
+    headers = {
+        "Content-Type": "application/json",
+        "X-Razorpay-Signature": signature,
+        "x-razorpay-event-id": f"evt_matrix_{secrets.token_hex(8)}",
+    }
+    return Call("/v1/webhooks/sandbox", content=raw, headers=headers)
+
+
 REQUESTS: dict[tuple[str, str], Prepare] = {
     ("POST", "/v1/auth/register"): _register,
     ("POST", "/v1/auth/login"): _login,
@@ -652,6 +738,13 @@ REQUESTS: dict[tuple[str, str], Prepare] = {
     ("DELETE", "/v1/coupons/{code}/assignments/{user_id}"): _withdraw_coupon,
     ("GET", "/v1/me/coupons"): _my_coupons,
     ("POST", "/v1/quotes"): _quote,
+    ("POST", "/v1/orders"): _create_order,
+    ("GET", "/v1/orders"): _orders,
+    ("GET", "/v1/orders/{order_id}"): _order,
+    ("POST", "/v1/orders/{order_id}/verify"): _verify_order,
+    ("POST", "/v1/orders/{order_id}/retry"): _retry_order,
+    ("POST", "/v1/orders/{order_id}/cancel"): _cancel_order,
+    ("POST", "/v1/webhooks/{gateway}"): _webhook,
 }
 
 # Operations whose success changes the callers themselves (deleting your account ends your keys too): each
@@ -708,7 +801,11 @@ async def test_each_caller_gets_the_documented_answer(
     for role in ROLES:
         world = shared or await make_world(app)
         call = await prepare(world, role)
-        response = await client.request(method, call.path, json=call.json, headers=world.headers(role))
+        headers = {**world.headers(role), **call.headers}
+        if call.content is not None:
+            response = await client.request(method, call.path, content=call.content, headers=headers)
+        else:
+            response = await client.request(method, call.path, json=call.json, headers=headers)
         problem = _check(method, path, role, MATRIX[(method, path)][role], response)
         if problem:
             failures.append(problem)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from prepaid import demo
-from prepaid.catalog.models import DiscountSlab, Meter, Offer, Plan, PlanPrice, UnitPrice
+from prepaid.catalog.models import Coupon, DiscountSlab, Meter, Offer, Plan, PlanPrice, UnitPrice
 from prepaid.db import Database, utcnow
 from tests import factories
 from tests.factories import make_api_key, make_customer
@@ -134,7 +134,7 @@ async def test_archived_plan_stays_readable_and_admins_can_list_everything(shop:
         "authentication_error",
         "unauthenticated",
     )
-    assert_error(await shop.client.get("/v1/plans/pln_nope"), 404, "not_found", "resource_missing", "id")
+    assert_error(await shop.client.get("/v1/plans/pln_nope"), 404, "not_found", "resource_missing", "plan_id")
 
 
 async def test_admin_creates_updates_and_archives_a_plan_with_audit_entries(shop: Shop) -> None:
@@ -280,6 +280,32 @@ async def test_writes_are_refused_to_users_and_keys_without_admin_and_change_not
     for method, path, body in writes:
         response = await shop.client.request(method, path, json=body, headers=shop.server_admin.headers)
         assert response.is_success, f"{method} {path}: {response.text}"
+
+
+async def test_admin_views_of_the_public_lists_need_the_admin_scope(shop: Shop) -> None:
+    """Archived plans and meters, every offer, and an offer that is not live: admins only, and an admin's key
+    only with the ``admin`` scope. Anyone else gets the public view's refusal (403, or 404 for the offer)."""
+    hidden = await shop.offer(active=False)
+    views = {
+        "/v1/plans?include_archived=true": "include_archived",
+        "/v1/meters?include_archived=true": "include_archived",
+        "/v1/offers?all=true": "all",
+    }
+    for headers in (shop.user.headers, shop.usage.headers, shop.server.headers):
+        for path, param in views.items():
+            response = await shop.client.get(path, headers=headers)
+            assert_error(response, 403, "permission_error", "admin_required", param)
+        assert_error(
+            await shop.client.get(f"/v1/offers/{hidden['id']}", headers=headers),
+            404,
+            "not_found",
+            "resource_missing",
+            "offer_id",
+        )
+    for headers in (shop.admin.headers, shop.server_admin.headers):
+        for path in views:
+            assert (await shop.client.get(path, headers=headers)).status_code == 200
+        assert (await shop.client.get(f"/v1/offers/{hidden['id']}", headers=headers)).json() == hidden
 
 
 # ---------------------------------------------------------------- unit prices
@@ -608,7 +634,11 @@ async def test_the_public_sees_only_offers_live_now(shop: Shop) -> None:
     assert (await shop.client.get(f"/v1/offers/{live['id']}")).status_code == 200
     for hidden in (past, future, inactive, archived):
         assert_error(
-            await shop.client.get(f"/v1/offers/{hidden['id']}"), 404, "not_found", "resource_missing", "id"
+            await shop.client.get(f"/v1/offers/{hidden['id']}"),
+            404,
+            "not_found",
+            "resource_missing",
+            "offer_id",
         )
         shown = await shop.client.get(f"/v1/offers/{hidden['id']}", headers=shop.admin.headers)
         assert shown.status_code == 200
@@ -690,6 +720,54 @@ async def test_a_bad_offer_update_changes_nothing(shop: Shop) -> None:
     assert (await shop.client.get(f"/v1/offers/{offer['id']}")).json() == offer
 
 
+@pytest.mark.parametrize("percent", [1e30, 6.8e307, -1.6e308])
+async def test_a_percent_far_out_of_range_is_refused_not_a_crash(shop: Shop, percent: float) -> None:
+    """Found by schemathesis: a JSON number too large to round to two places crashed the percent reader
+    (500) on slabs and offers. It is a percentage out of range like any other."""
+    admin = shop.admin.headers
+    offer = await shop.offer()
+    slabs = await shop.client.put(
+        "/v1/discount_slabs", json={"slabs": [{"min_credits": 10, "percent": percent}]}, headers=admin
+    )
+    assert_error(slabs, 400, "invalid_request_error", "invalid_field", "slabs.0.percent", well_formed=True)
+    created = await shop.client.post(
+        "/v1/offers", json={"name": "Huge", "kind": "percent_off", "percent": percent}, headers=admin
+    )
+    assert_error(created, 400, "invalid_request_error", "invalid_field", "percent")
+    patched = await shop.client.patch(f"/v1/offers/{offer['id']}", json={"percent": percent}, headers=admin)
+    assert_error(patched, 400, "invalid_request_error", "invalid_field", "percent")
+    coupon = await shop.client.post(
+        "/v1/coupons", json={"code": "HUGE", "kind": "percent_off", "percent": percent}, headers=admin
+    )
+    assert_error(coupon, 400, "invalid_request_error", "invalid_field", "percent")
+    assert (
+        await count(shop.db, DiscountSlab),
+        await count(shop.db, Offer),
+        await count(shop.db, Coupon),
+    ) == (
+        0,
+        1,
+        0,
+    )
+    assert (await shop.client.get(f"/v1/offers/{offer['id']}")).json() == offer
+
+
+async def test_only_ascii_letters_fold_when_codes_are_matched(shop: Shop) -> None:
+    """Codes are ASCII. Unicode case mapping would let other characters fold into one: the Kelvin sign
+    lower-cases to "k", so a path with it found the plan or meter "kit"."""
+    plan = await shop.plan(code="kit")
+    meter = await shop.client.post(
+        "/v1/meters",
+        json={"code": "kit", "name": "Kit", "kind": "unit", "unit": "call", "price": 1},
+        headers=shop.admin.headers,
+    )
+    assert meter.status_code == 201
+    assert (await shop.client.get("/v1/plans/KIT")).json()["id"] == plan["id"]
+    assert (await shop.client.get("/v1/meters/KIT")).json()["id"] == meter.json()["id"]
+    assert_error(await shop.client.get("/v1/plans/\u212ait"), 404, "not_found", "resource_missing", "plan_id")
+    assert_error(await shop.client.get("/v1/meters/\u212ait"), 404, "not_found", "resource_missing", "code")
+
+
 # ---------------------------------------------------------------- the demo
 
 
@@ -725,6 +803,17 @@ async def test_demo_seeds_the_catalog_once(shop: Shop) -> None:
         9,
         3,
     )
+    # The demo coupon: 10 % off, public, so anyone can try it.
+    assert await count(shop.db, Coupon) == 1
+    welcome = await shop.client.post(
+        "/v1/quotes", json={"plan": "basic", "currency": "INR", "coupon": "welcome10"}
+    )
+    assert welcome.status_code == 200, welcome.text
+    assert (welcome.json()["coupon_discount"], welcome.json()["total"]) == (10_000, 90_000)
+    # Seeded through the catalog's service: each addition is in the audit log once, by no user.
+    created = await audit_log(shop.client, shop.admin.headers, action="plan.create", limit=100)
+    assert len(created) == 5 and {entry["actor_user_id"] for entry in created} == {None}
+    assert len(await audit_log(shop.client, shop.admin.headers, action="coupon.create")) == 1
 
 
 async def test_demo_keeps_an_admins_changes(shop: Shop) -> None:
@@ -743,6 +832,30 @@ def test_demo_prices_follow_the_credit_scale() -> None:
     assert demo.usd_to_credits("0.025", credit_scale=6) == 212_500
     assert demo._credit_units("0.1", 0) == (1, 10)  # 0.1 credit per call: 1 credit per 10 calls
     assert demo._credit_units("0.1", 6) == (100_000, 1)
+
+
+async def test_one_code_created_many_times_at_once_is_made_once_and_the_rest_are_409(shop: Shop) -> None:
+    """On PostgreSQL concurrent creations all pass the "is the code taken?" check, and all but one then hit the
+    unique index: that must be the same 409 as a code taken earlier, never a 500."""
+    bodies = {
+        "/v1/plans": {"code": "rush", "name": "Rush", "credits": 1, "prices": {"INR": 100}},
+        "/v1/meters": {"code": "rush", "name": "Rush", "kind": "unit", "unit": "call", "price": 1},
+        "/v1/coupons": {"code": "RUSH", "kind": "percent_off", "percent": 5},
+    }
+    for path, body in bodies.items():
+        answers = await asyncio.gather(
+            *(shop.client.post(path, json=body, headers=shop.admin.headers) for _ in range(8))
+        )
+        assert sorted(answer.status_code for answer in answers) == [201] + [409] * 7, [
+            a.text for a in answers
+        ]
+        taken = {answer.json()["error"]["code"] for answer in answers if answer.status_code == 409}
+        assert taken == {f"{path.removeprefix('/v1/').removesuffix('s')}_code_taken"}
+    assert (await count(shop.db, Plan), await count(shop.db, Meter), await count(shop.db, Coupon)) == (
+        1,
+        1,
+        1,
+    )
 
 
 async def test_concurrent_list_replacements_never_merge(shop: Shop) -> None:

@@ -154,6 +154,23 @@ async def test_a_custom_quantity_is_priced_at_the_unit_price(store: Store) -> No
     assert_error(no_price, 400, "invalid_request_error", "currency_not_available", "currency")
 
 
+async def test_a_custom_quantity_is_limited_to_what_one_order_can_hold(store: Store) -> None:
+    """The unit price's default maximum is 10^15 credits: at 1,000 paise a credit that was a quote of 10^18
+    paise, more than an order can hold and more than a JavaScript client reads exactly. The quote lowers the
+    maximum to what keeps the price (and the credits) within 10^15, and says so."""
+    put = await store.client.put(
+        "/v1/catalog/unit_prices",
+        json={"unit_prices": [{"currency": "INR", "unit_amount": 1_000}]},
+        headers=store.admin.headers,
+    )
+    assert put.status_code == 200 and put.json()["data"][0]["max_quantity"] == 10**15
+    refused = await store.client.post("/v1/quotes", json={"quantity": 10**15, "currency": "INR"})
+    error = assert_error(refused, 400, "invalid_request_error", "quantity_out_of_range", "quantity")
+    assert (error["min_quantity"], error["max_quantity"]) == (1, 10**12)
+    largest = await _quote(store, quantity=10**12, currency="INR")
+    assert (largest["subtotal"], largest["total"], largest["credits"]) == (10**15, 10**15, 10**12)
+
+
 @pytest.mark.parametrize(
     ("body", "status", "type_", "code", "param"),
     [

@@ -113,11 +113,13 @@ def test_secrets_never_show_in_a_repr(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def test_the_factory_builds_the_enabled_gateways(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert build_gateways(Settings(_env_file=None)) == {}  # the default: the sandbox only, built elsewhere
+    default = build_gateways(Settings(_env_file=None))  # the default: the built-in sandbox only
+    assert list(default) == ["sandbox"] and default["sandbox"].name == "sandbox"
+    await default["sandbox"].aclose()
     setenv(monkeypatch, {**RAZORPAY, **STRIPE})
     monkeypatch.setenv("PREPAID_GATEWAYS", "sandbox,stripe")
     only_stripe = build_gateways(Settings(_env_file=None))
-    assert list(only_stripe) == ["stripe"] and isinstance(only_stripe["stripe"], StripeGateway)
+    assert list(only_stripe) == ["sandbox", "stripe"] and isinstance(only_stripe["stripe"], StripeGateway)
     monkeypatch.setenv("PREPAID_GATEWAYS", "razorpay,stripe")
     both = build_gateways(Settings(_env_file=None))
     assert isinstance(both["razorpay"], RazorpayGateway) and isinstance(both["stripe"], StripeGateway)
@@ -125,7 +127,8 @@ async def test_the_factory_builds_the_enabled_gateways(monkeypatch: pytest.Monke
     assert both["stripe"].api_base == "https://api.stripe.com"
     for gateway in both.values():
         await gateway.aclose()
-    await only_stripe["stripe"].aclose()
+    for gateway in only_stripe.values():
+        await gateway.aclose()
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prepaid.catalog.pricing import (
+    MAX_AMOUNT,
     Catalog,
     CouponMinAmount,
     CouponNotApplicable,
@@ -260,6 +261,27 @@ def test_a_quantity_outside_the_unit_prices_range_is_refused(quantity: int) -> N
     assert refused.value.extra == {"min_quantity": 10, "max_quantity": 1_000}
 
 
+@pytest.mark.parametrize(
+    ("amount", "scale", "most"),
+    [
+        (1_000, 0, 10**12),  # the price reaches 10^15 first
+        (1, 6, 10**9),  # the credits (at scale 6) reach 10^15 first
+    ],
+)
+def test_a_custom_quantity_never_comes_to_more_than_one_order_can_hold(
+    amount: int, scale: int, most: int
+) -> None:
+    """The unit price's own maximum (here none) is lowered to what keeps the price and the credits within
+    MAX_AMOUNT: past it the quote would be an order that cannot be stored or charged."""
+    catalog = Catalog(unit_price=UnitPriceTerms("INR", amount=amount, min_quantity=1), credit_scale=scale)
+    q = quote(Purchase(currency="INR", quantity=most), catalog)
+    assert q.subtotal <= MAX_AMOUNT and q.credits <= MAX_AMOUNT
+    with pytest.raises(InvalidRequest) as refused:
+        quote(Purchase(currency="INR", quantity=most + 1), catalog)
+    assert (refused.value.code, refused.value.param) == ("quantity_out_of_range", "quantity")
+    assert refused.value.extra == {"min_quantity": 1, "max_quantity": most}
+
+
 def test_a_currency_the_plan_or_the_unit_price_is_not_sold_in_is_refused() -> None:
     with pytest.raises(InvalidRequest) as refused:
         quote(buy(currency="EUR"), Catalog())
@@ -362,11 +384,21 @@ purchases = st.one_of(
 
 
 def _quote_or_refusal(purchase: Purchase, catalog: Catalog, coupon: CouponTerms | None) -> Quote | None:
-    """The quote, or None when the coupon does not fit this purchase (a refusal is an answer too)."""
+    """The quote, or None when the coupon does not fit this purchase, or a custom quantity comes to more than
+    one order can hold (a refusal is an answer too, and only for those reasons)."""
     try:
         return quote(purchase, catalog, coupon)
     except (CouponNotApplicable, CouponMinAmount):
         assert coupon is not None
+        return None
+    except InvalidRequest as refused:
+        assert refused.code == "quantity_out_of_range" and purchase.quantity is not None
+        assert catalog.unit_price is not None
+        price, credits = (
+            catalog.unit_price.amount * purchase.quantity,
+            purchase.quantity * 10**catalog.credit_scale,
+        )
+        assert price > MAX_AMOUNT or credits > MAX_AMOUNT
         return None
 
 
@@ -388,6 +420,7 @@ def test_quote_properties(purchase: Purchase, catalog: Catalog, coupon: CouponTe
     ]
     assert all(type(amount) is int for amount in amounts), amounts  # whole minor units, never a float
     assert all(amount >= 0 for amount in amounts), amounts
+    assert q.subtotal <= MAX_AMOUNT and q.credits <= MAX_AMOUNT  # an order can hold it
     assert 0 <= q.total <= q.subtotal + q.tax
     assert q.net == q.subtotal - q.slab_discount - q.offer_discount - q.coupon_discount >= 0
     if catalog.tax.inclusive:

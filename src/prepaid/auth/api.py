@@ -13,6 +13,7 @@ from prepaid.auth.schemas import (
     ApiKeyRead,
     DeleteAccountRequest,
     LoginRequest,
+    MeRead,
     MeUpdate,
     PasswordResetConfirm,
     PasswordResetRequest,
@@ -27,6 +28,7 @@ from prepaid.auth.schemas import (
 from prepaid.deps import Admin, Pagination, Person, Principal, ReadSession, Session, SettingsDep, rate_limit
 from prepaid.errors import AuthenticationError, InvalidRequest
 from prepaid.pagination import ListResponse
+from prepaid.payments import service as payments_service
 from prepaid.responses import error_response
 
 router = APIRouter(prefix="/v1")
@@ -134,8 +136,10 @@ async def resend_verification(
 
 
 @router.get("/me", tags=["account"])
-async def get_me(principal: Principal) -> UserRead:
-    return UserRead.model_validate(principal.user)
+async def get_me(principal: Principal, session: Session) -> MeRead:
+    totals = await payments_service.user_totals(session, user_id=principal.user.id)
+    user = UserRead.model_validate(principal.user)
+    return MeRead(**user.model_dump(), total_spent=totals.spent, lifetime_credits=totals.credits)
 
 
 @router.patch("/me", tags=["account"])

@@ -73,6 +73,14 @@ class UserRead(Output):
     created_at: datetime
 
 
+class MeRead(UserRead):
+    """You, with your purchase totals: money paid per currency (minor units) and the credits your orders
+    granted (bought and bonus, in the credit asset's smallest unit)."""
+
+    total_spent: dict[str, int]
+    lifetime_credits: int
+
+
 class MeUpdate(Input):
     name: Name | None = None
     phone: Annotated[str, Field(max_length=32, pattern=r"^\+?[0-9 ()-]{4,32}$")] | None = None

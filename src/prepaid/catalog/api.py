@@ -1,37 +1,50 @@
-"""The catalog over HTTP: plans, unit prices, meters, discount slabs and offers.
+"""The catalog over HTTP: plans, unit prices, meters, discount slabs, offers, coupons and quotes.
 
-Reads are public (no credentials needed); writes are for admins (a signed-in admin, or an admin's API key with
-the ``admin`` scope) and each one is recorded in the audit log by the service.
+Reads are public (no credentials needed), and so are quotes and coupon validation; writes are for admins (a
+signed-in admin, or an admin's API key with the ``admin`` scope) and each one is recorded in the audit log by
+the service.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Depends, Path, Query, status
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.convertors import Convertor, register_url_convertor
 
 from prepaid.auth import service as auth_service
 from prepaid.catalog import service
+from prepaid.catalog.models import Coupon
 from prepaid.catalog.schemas import (
+    CouponAssign,
+    CouponAssignmentRead,
+    CouponCreate,
+    CouponRead,
+    CouponUpdate,
+    CouponValidate,
     MeterCreate,
     MeterRead,
     MeterUpdate,
+    MyCouponRead,
     OfferCreate,
     OfferRead,
     OfferUpdate,
     PlanCreate,
     PlanRead,
     PlanUpdate,
+    QuoteCreate,
+    QuoteRead,
     SlabRead,
     SlabsReplace,
     UnitPriceRead,
     UnitPricesReplace,
-    to_bps,
 )
 from prepaid.db import utcnow
-from prepaid.deps import Admin, OptionalPrincipal, Pagination, Session
+from prepaid.deps import Admin, CurrentUser, OptionalPrincipal, Pagination, Session, SettingsDep
 from prepaid.errors import AuthenticationError, NotFound, PermissionDenied
 from prepaid.pagination import ListResponse
+from prepaid.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 PlanPath = Annotated[str, Path(max_length=64, description="The plan's id (pln_...) or its code.")]
@@ -47,20 +60,26 @@ def _require_admin(principal: auth_service.Principal | None, param: str) -> None
         raise PermissionDenied(f"{param} is for admins.", code="admin_required", param=param)
 
 
+async def _include_archived(
+    principal: OptionalPrincipal,
+    include_archived: Annotated[
+        bool, Query(description="Admins: every one, inactive and archived ones too.")
+    ] = False,
+) -> bool:
+    if include_archived:
+        _require_admin(principal, "include_archived")
+    return include_archived
+
+
+IncludeArchived = Annotated[bool, Depends(_include_archived)]
+
+
 # ---------------------------------------------------------------- plans
 
 
 @router.get("/plans")
-async def list_plans(
-    session: Session,
-    principal: OptionalPrincipal,
-    include_archived: Annotated[
-        bool, Query(description="Admins: every plan, inactive and archived ones too.")
-    ] = False,
-) -> ListResponse[PlanRead]:
+async def list_plans(session: Session, include_archived: IncludeArchived) -> ListResponse[PlanRead]:
     """Active plans, by sort order then code, each with its price per currency."""
-    if include_archived:
-        _require_admin(principal, "include_archived")
     plans = await service.list_plans(session, include_archived=include_archived)
     return ListResponse[PlanRead](data=[PlanRead.of(plan) for plan in plans], has_more=False)
 
@@ -93,17 +112,15 @@ async def create_plan(body: PlanCreate, admin: Admin, session: Session) -> PlanR
 async def update_plan(plan_id: PlanPath, body: PlanUpdate, admin: Admin, session: Session) -> PlanRead:
     changes = body.changes()
     prices = changes.pop("prices", None)
-    plan = await service.find_plan(session, plan_id)
-    updated = await service.update_plan(
-        session, plan_id=plan.id, actor=admin.audit_actor, changes=changes, prices=prices
+    plan = await service.update_plan(
+        session, plan_id=plan_id, actor=admin.audit_actor, changes=changes, prices=prices
     )
-    return PlanRead.of(updated)
+    return PlanRead.of(plan)
 
 
 @router.post("/plans/{plan_id}/archive")
 async def archive_plan(plan_id: PlanPath, admin: Admin, session: Session) -> PlanRead:
-    plan = await service.find_plan(session, plan_id)
-    return PlanRead.of(await service.archive_plan(session, plan_id=plan.id, actor=admin.audit_actor))
+    return PlanRead.of(await service.archive_plan(session, plan_id=plan_id, actor=admin.audit_actor))
 
 
 # ---------------------------------------------------------------- unit prices
@@ -129,16 +146,8 @@ async def replace_unit_prices(
 
 
 @router.get("/meters")
-async def list_meters(
-    session: Session,
-    principal: OptionalPrincipal,
-    include_archived: Annotated[
-        bool, Query(description="Admins: every meter, inactive and archived ones too.")
-    ] = False,
-) -> ListResponse[MeterRead]:
+async def list_meters(session: Session, include_archived: IncludeArchived) -> ListResponse[MeterRead]:
     """Active meters and model prices, by code."""
-    if include_archived:
-        _require_admin(principal, "include_archived")
     meters = await service.list_meters(session, include_archived=include_archived)
     return ListResponse[MeterRead](data=[MeterRead.of(meter) for meter in meters], has_more=False)
 
@@ -231,7 +240,7 @@ async def get_offer(offer_id: OfferPath, session: Session, principal: OptionalPr
     """A live offer; admins see every offer."""
     offer = await service.get_offer(session, offer_id)
     if not (principal is not None and principal.is_admin) and not service.is_offer_live(offer, utcnow()):
-        raise NotFound(f"No offer {offer_id}.", param="id")
+        raise NotFound(f"No offer {offer_id}.", param="offer_id")
     return OfferRead.of(offer)
 
 
@@ -243,7 +252,7 @@ async def create_offer(body: OfferCreate, admin: Admin, session: Session) -> Off
         name=body.name,
         description=body.description,
         kind=body.kind,
-        percent_bps=to_bps(body.percent) if body.percent is not None else None,
+        percent_bps=body.percent_bps,
         bonus_credits=body.bonus_credits,
         plan_codes=body.plan_codes,
         starts_at=body.starts_at,
@@ -256,7 +265,7 @@ async def create_offer(body: OfferCreate, admin: Admin, session: Session) -> Off
 @router.patch("/offers/{offer_id}")
 async def update_offer(offer_id: OfferPath, body: OfferUpdate, admin: Admin, session: Session) -> OfferRead:
     offer = await service.update_offer(
-        session, offer_id=offer_id, actor=admin.audit_actor, changes=body.offer_changes()
+        session, offer_id=offer_id, actor=admin.audit_actor, changes=body.changes()
     )
     return OfferRead.of(offer)
 
@@ -266,28 +275,7 @@ async def archive_offer(offer_id: OfferPath, admin: Admin, session: Session) -> 
     return OfferRead.of(await service.archive_offer(session, offer_id=offer_id, actor=admin.audit_actor))
 
 
-# ================================================================ coupons (catalog part B)
-# Coupons (admin), allotment, the signed-in user's coupons, coupon validation and the quote (anyone).
-
-from typing import Any  # noqa: E402
-
-from sqlalchemy.ext.asyncio import AsyncSession  # noqa: E402
-from starlette.convertors import Convertor, register_url_convertor  # noqa: E402
-
-from prepaid.catalog.models import Coupon  # noqa: E402
-from prepaid.catalog.schemas import (  # noqa: E402
-    CouponAssign,
-    CouponAssignmentRead,
-    CouponCreate,
-    CouponRead,
-    CouponUpdate,
-    CouponValidate,
-    MyCouponRead,
-    QuoteCreate,
-    QuoteRead,
-)
-from prepaid.deps import CurrentUser, SettingsDep  # noqa: E402
-from prepaid.settings import Settings  # noqa: E402
+# ---------------------------------------------------------------- coupons
 
 
 class _CouponCodeConvertor(Convertor[str]):
@@ -330,6 +318,11 @@ async def _coupon_reads(session: AsyncSession, coupons: list[Coupon]) -> list[Co
     return [CouponRead.of(coupon, usage[coupon.id]) for coupon in coupons]
 
 
+async def _coupon_read(session: AsyncSession, coupon: Coupon) -> CouponRead:
+    (read,) = await _coupon_reads(session, [coupon])
+    return read
+
+
 @router.get("/coupons")
 async def list_coupons(admin: Admin, session: Session, page: Pagination) -> ListResponse[CouponRead]:
     """Every coupon, archived ones too, newest first."""
@@ -347,7 +340,7 @@ async def create_coupon(body: CouponCreate, admin: Admin, session: Session) -> C
         code=body.code,
         kind=body.kind,
         description=body.description,
-        percent_bps=to_bps(body.percent) if body.percent is not None else None,
+        percent_bps=body.percent_bps,
         amount_off=body.amount_off,
         bonus_credits=body.bonus_credits,
         plan_codes=body.plan_codes,
@@ -359,7 +352,7 @@ async def create_coupon(body: CouponCreate, admin: Admin, session: Session) -> C
         visibility=body.visibility,
         active=body.active,
     )
-    return (await _coupon_reads(session, [coupon]))[0]
+    return await _coupon_read(session, coupon)
 
 
 @router.post("/coupons/validate", responses=_COUPON_REFUSALS)
@@ -372,21 +365,19 @@ async def validate_coupon(
 
 @router.get("/coupons/{code:coupon_code}")
 async def get_coupon(code: CouponPath, admin: Admin, session: Session) -> CouponRead:
-    return (await _coupon_reads(session, [await service.get_coupon(session, code)]))[0]
+    return await _coupon_read(session, await service.get_coupon(session, code, param="code"))
 
 
 @router.patch("/coupons/{code:coupon_code}")
 async def update_coupon(code: CouponPath, body: CouponUpdate, admin: Admin, session: Session) -> CouponRead:
-    coupon = await service.update_coupon(
-        session, code=code, actor=admin.audit_actor, changes=body.coupon_changes()
-    )
-    return (await _coupon_reads(session, [coupon]))[0]
+    coupon = await service.update_coupon(session, code=code, actor=admin.audit_actor, changes=body.changes())
+    return await _coupon_read(session, coupon)
 
 
 @router.post("/coupons/{code:coupon_code}/archive")
 async def archive_coupon(code: CouponPath, admin: Admin, session: Session) -> CouponRead:
     coupon = await service.archive_coupon(session, code=code, actor=admin.audit_actor)
-    return (await _coupon_reads(session, [coupon]))[0]
+    return await _coupon_read(session, coupon)
 
 
 @router.get("/coupons/{code:coupon_code}/assignments")
@@ -394,11 +385,10 @@ async def list_coupon_assignments(
     code: CouponPath, admin: Admin, session: Session, page: Pagination
 ) -> ListResponse[CouponAssignmentRead]:
     """The users the coupon is allotted to, newest first."""
-    coupon = await service.get_coupon(session, code)
     assignments = await service.list_assignments(session, code=code, params=page)
+    code = service.normalize_coupon_code(code)
     return ListResponse[CouponAssignmentRead](
-        data=[CouponAssignmentRead.of(a, coupon.code) for a in assignments.data],
-        has_more=assignments.has_more,
+        data=[CouponAssignmentRead.of(a, code) for a in assignments.data], has_more=assignments.has_more
     )
 
 
@@ -434,6 +424,9 @@ async def my_coupons(user: CurrentUser, session: Session, page: Pagination) -> L
     return ListResponse[MyCouponRead](
         data=[MyCouponRead.of(coupon, left[coupon.id]) for coupon in coupons.data], has_more=coupons.has_more
     )
+
+
+# ---------------------------------------------------------------- quotes
 
 
 @router.post("/quotes", responses=_COUPON_REFUSALS)

@@ -8,7 +8,8 @@ may be used at all (window, limits, assignment) and calls this.
 Order of application (docs/decisions.md, "Catalog: the quote"); every amount is an integer in the currency's
 minor unit, and every discount rounds down to a whole minor unit:
 
-1. ``subtotal``: the plan's price in the currency, or the unit price of one whole credit times the quantity.
+1. ``subtotal``: the plan's price in the currency, or the unit price of one whole credit times the quantity
+   (within the unit price's range, and small enough that the price and the credits stay within ``MAX_AMOUNT``).
 2. ``slab_discount``: the highest slab whose ``min_credits`` is at most the credits bought (bonus excluded),
    ``percent_bps`` of the subtotal.
 3. ``offer_discount``: the single best applicable offer, a percent of what is left after the slab, or bonus
@@ -34,6 +35,9 @@ from typing import Any, Literal
 from prepaid.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 
 BPS = 10_000  # basis points in 100%
+# The largest price or number of credits one purchase may come to: far inside BIGINT, and inside the integers a
+# JavaScript client reads exactly (2**53). The ledger takes amounts up to the same bound.
+MAX_AMOUNT = 10**15
 
 OfferKind = Literal["percent_off", "bonus_credits"]
 CouponKind = Literal["percent_off", "amount_off", "bonus_credits"]
@@ -247,16 +251,21 @@ def _subtotal_and_credits(purchase: Purchase, catalog: Catalog) -> tuple[int, in
             code="currency_not_available",
             param="currency",
         )
-    if quantity < unit.min_quantity or (unit.max_quantity is not None and quantity > unit.max_quantity):
-        most = f" and at most {unit.max_quantity}" if unit.max_quantity is not None else ""
+    one_credit = 10**catalog.credit_scale
+    # The most one order can hold: its price and its credits each at most MAX_AMOUNT.
+    most = min(MAX_AMOUNT // unit.amount, MAX_AMOUNT // one_credit)
+    if unit.max_quantity is not None:
+        most = min(most, unit.max_quantity)
+    if not unit.min_quantity <= quantity <= most:
         raise InvalidRequest(
-            f"The quantity must be at least {unit.min_quantity}{most} credits in {purchase.currency}.",
+            f"The quantity must be at least {unit.min_quantity} and at most {most} credits in "
+            f"{purchase.currency}.",
             code="quantity_out_of_range",
             param="quantity",
             min_quantity=unit.min_quantity,
-            max_quantity=unit.max_quantity,
+            max_quantity=most,
         )
-    return unit.amount * quantity, quantity * 10**catalog.credit_scale
+    return unit.amount * quantity, quantity * one_credit
 
 
 def best_slab(slabs: tuple[SlabTerms, ...], credits: int) -> SlabTerms | None:

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator, Field, StrictBool, StringConstraints, WithJsonSchema
-from pydantic.json_schema import SkipJsonSchema
+from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints, WithJsonSchema
 
-from prepaid.catalog import service
-from prepaid.catalog.models import DiscountSlab, Meter, Offer, Plan, UnitPrice
+from prepaid.catalog import pricing, service
+from prepaid.catalog.models import Coupon, CouponAssignment, DiscountSlab, Meter, Offer, Plan, UnitPrice
 from prepaid.errors import InvalidRequest
 from prepaid.money import CREDIT, CURRENCY_MINOR_UNITS
 from prepaid.schemas import Input, Output, Timestamp
 
 # Far inside BIGINT, and inside the integers a JavaScript client reads exactly (2**53).
-MAX_AMOUNT = 10**15
+MAX_AMOUNT = pricing.MAX_AMOUNT
 MAX_LIST = 100
 
 
@@ -33,29 +33,33 @@ def _json_integer(value: Any) -> Any:
     return value
 
 
+_CENT = Decimal("0.01")
 _FLOAT_NOISE = Decimal("1e-9")
 
 
-def _percent(value: Any) -> Decimal:
-    """A percentage as an exact decimal with at most two places, from a JSON number or a string."""
+def _read_percent(value: Any, *, free_allowed: bool) -> Decimal:
+    """A percentage as an exact decimal with at most two places, from a JSON number or a string: above 0, and
+    below 100 (slabs, offers) or at most 100 (``free_allowed``: a coupon may make a purchase free).
+
+    A float is read through its shortest text (``7.5`` -> ``"7.5"``, never 7.4999...), and a float within 10^-9
+    of two places means those two places (``0.5700000000000001`` is how a client's ``57 * 0.01`` holds 0.57)."""
+    top = "at most 100" if free_allowed else "below 100"
     if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
-        raise ValueError('expected a percentage such as 7.5 or "7.5"')
+        raise ValueError(f'expected a percentage above 0 and {top}, such as 7.5 or "7.5"')
     try:
-        # repr of a float is the shortest text that reads back as it: 7.5 -> "7.5", never 7.4999...
         number = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
     except InvalidOperation:
-        raise ValueError('expected a percentage such as 7.5 or "7.5"') from None
+        raise ValueError(f'expected a percentage above 0 and {top}, such as 7.5 or "7.5"') from None
     if not number.is_finite():
         raise ValueError("expected a finite percentage")
-    if isinstance(value, float) and abs(number - number.quantize(Decimal("0.01"))) <= _FLOAT_NOISE:
-        # A JSON number computed in binary (0.57 as 57 * 0.01 = 0.5700000000000001) means its two places.
-        number = number.quantize(Decimal("0.01"))
-    exponent = number.as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -2 and number != number.quantize(Decimal("0.01")):
+    if not Decimal(0) < number <= Decimal(100):  # checked first: far larger numbers cannot be quantized
+        raise ValueError(f"a percentage must be above 0 and {top}")
+    cents = number.quantize(_CENT)
+    if number != cents and not (isinstance(value, float) and abs(number - cents) <= _FLOAT_NOISE):
         raise ValueError("a percentage has at most two decimal places")
-    if not Decimal(0) < number < Decimal(100):
-        raise ValueError("a percentage must be above 0 and below 100")
-    return number.quantize(Decimal("0.01"))
+    if not Decimal(0) < cents <= Decimal(100) or (cents == 100 and not free_allowed):
+        raise ValueError(f"a percentage must be above 0 and {top}")
+    return cents
 
 
 def to_bps(percent: Decimal) -> int:
@@ -68,10 +72,15 @@ def percent_text(bps: int) -> str:
     return f"{whole}.{cents:02d}".rstrip("0").rstrip(".")
 
 
+def _percent_fields(bps: int | None) -> dict[str, Any]:
+    """What every answer with a percentage carries: ``percent`` (text) and ``percent_bps``."""
+    return {"percent": percent_text(bps) if bps is not None else None, "percent_bps": bps}
+
+
 _Integer = BeforeValidator(_json_integer)
 Percent = Annotated[
     Decimal,
-    BeforeValidator(_percent),
+    BeforeValidator(partial(_read_percent, free_allowed=False)),
     WithJsonSchema(
         {
             "anyOf": [
@@ -79,6 +88,22 @@ Percent = Annotated[
                 {"type": "string", "pattern": r"^([1-9][0-9]?(\.[0-9]{1,2})?|0?\.(0[1-9]|[1-9][0-9]?))$"},
             ],
             "description": 'Above 0 and below 100, at most two decimal places: 7.5 or "7.5".',
+        }
+    ),
+]
+CouponPercent = Annotated[
+    Decimal,
+    BeforeValidator(partial(_read_percent, free_allowed=True)),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "maximum": 100, "multipleOf": 0.01},
+                {
+                    "type": "string",
+                    "pattern": r"^(100(\.00?)?|[1-9][0-9]?(\.[0-9]{1,2})?|0?0\.(0[1-9]|[1-9][0-9]?))$",
+                },
+            ],
+            "description": 'Above 0 and at most 100 (a free purchase), at most two decimal places: 15 or "12.5".',
         }
     ),
 ]
@@ -97,12 +122,18 @@ MeterPrice = Annotated[
 ]
 Per = Annotated[int, Field(ge=1, le=MAX_AMOUNT), _Integer]
 SortOrder = Annotated[int, Field(ge=-1_000_000, le=1_000_000), _Integer]
+Limit = Annotated[int, Field(ge=1, le=MAX_AMOUNT), _Integer]
 Code = Annotated[
     str,
     StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"),
     Field(
         description="Letters, digits, '_', '.', ':' and '-'; stored lower-case, matched case-insensitively."
     ),
+]
+CouponCode = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$"),
+    Field(description="Letters, digits, '_' and '-'; stored upper-case, matched case-insensitively."),
 ]
 Currency = Annotated[str, StringConstraints(min_length=3, max_length=3, pattern=r"^[A-Za-z]{3}$")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")]
@@ -112,26 +143,59 @@ Unit = Annotated[
     StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z][a-z_]*$"),
     Field(description="What a quantity counts: call, token, image, second, minute, request, character, ..."),
 ]
+# Ids are printable ASCII without spaces (so " ", which trimming would leave empty, is not one).
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[!-~]+$")]
+_CurrencyKey = Annotated[str, StringConstraints(max_length=8)]
 Prices = Annotated[
-    dict[Annotated[str, StringConstraints(max_length=8)], MoneyAmount],
+    dict[_CurrencyKey, MoneyAmount],
     Field(
         min_length=1,
         max_length=len(CURRENCY_MINOR_UNITS),
         description='Currency -> price in its minor unit, e.g. {"INR": 100000}.',
     ),
 ]
+CurrencyAmounts = Annotated[
+    dict[_CurrencyKey, MoneyAmount],
+    Field(
+        max_length=len(CURRENCY_MINOR_UNITS),
+        description='Currency -> amount in its minor unit, e.g. {"INR": 50000}.',
+    ),
+]
+PlanCodes = Annotated[list[Code], Field(min_length=1, max_length=MAX_LIST)]
+Visibility = Literal["public", "assigned"]
+OfferKind = Literal["percent_off", "bonus_credits"]
+CouponKind = Literal["percent_off", "amount_off", "bonus_credits"]
+
+
+def _document_not_null(schema: dict[str, Any], model: type[Any]) -> None:
+    """A PATCH body's fields are typed ``X | None`` so that "not sent" can be told apart; those in the model's
+    ``NOT_NULL`` are documented as they are accepted: never null."""
+    for name in getattr(model, "NOT_NULL", ()):
+        prop = schema.get("properties", {}).get(name)
+        if prop is None or "anyOf" not in prop:
+            continue
+        options = [option for option in prop.pop("anyOf") if option != {"type": "null"}]
+        prop.pop("default", None)
+        if len(options) == 1:
+            prop.update(options[0])
+        else:
+            prop["anyOf"] = options
 
 
 class _Patch(Input):
-    """A partial update: only the fields sent change; ``NOT_NULL`` fields cannot be sent as null."""
+    """A partial update: only the fields sent change; ``NOT_NULL`` fields cannot be sent as null (and are not
+    documented as nullable). ``changes()`` answers what was sent, with ``percent`` as ``percent_bps``."""
 
     NOT_NULL: ClassVar[frozenset[str]] = frozenset()
+    model_config = ConfigDict(json_schema_extra=_document_not_null)
 
     def changes(self) -> dict[str, Any]:
         values = {field: getattr(self, field) for field in self.model_fields_set}
         for field, value in values.items():
             if value is None and field in self.NOT_NULL:
                 raise InvalidRequest(f"{field} cannot be null.", code="invalid_field", param=field)
+        if values.get("percent") is not None:
+            values["percent_bps"] = to_bps(values.pop("percent"))
         return values
 
 
@@ -157,14 +221,14 @@ class PlanUpdate(_Patch):
         {"name", "description", "credits", "bonus_credits", "prices", "popular", "active", "sort_order"}
     )
 
-    name: Name | SkipJsonSchema[None] = None
-    description: Description | SkipJsonSchema[None] = None
-    credits: Credits | SkipJsonSchema[None] = None
-    bonus_credits: BonusCredits | SkipJsonSchema[None] = None
-    prices: Prices | SkipJsonSchema[None] = None
-    popular: StrictBool | SkipJsonSchema[None] = None
-    active: StrictBool | SkipJsonSchema[None] = None
-    sort_order: SortOrder | SkipJsonSchema[None] = None
+    name: Name | None = None
+    description: Description | None = None
+    credits: Credits | None = None
+    bonus_credits: BonusCredits | None = None
+    prices: Prices | None = None
+    popular: StrictBool | None = None
+    active: StrictBool | None = None
+    sort_order: SortOrder | None = None
 
 
 class PlanRead(Output):
@@ -272,15 +336,15 @@ class MeterUpdate(_Patch):
         | {"active"}
     )
 
-    name: Name | SkipJsonSchema[None] = None
-    description: Description | SkipJsonSchema[None] = None
-    unit: Unit | SkipJsonSchema[None] = None
-    price: MeterPrice | SkipJsonSchema[None] = None
-    per: Per | SkipJsonSchema[None] = None
-    input_price: MeterPrice | SkipJsonSchema[None] = None
-    output_price: MeterPrice | SkipJsonSchema[None] = None
-    cached_input_price: MeterPrice | SkipJsonSchema[None] = None
-    active: StrictBool | SkipJsonSchema[None] = None
+    name: Name | None = None
+    description: Description | None = None
+    unit: Unit | None = None
+    price: MeterPrice | None = None
+    per: Per | None = None
+    input_price: MeterPrice | None = None
+    output_price: MeterPrice | None = None
+    cached_input_price: MeterPrice | None = None
+    active: StrictBool | None = None
 
 
 class MeterRead(Output):
@@ -335,18 +399,10 @@ class SlabRead(Output):
 
     @classmethod
     def of(cls, slab: DiscountSlab) -> SlabRead:
-        return cls(
-            id=slab.id,
-            min_credits=slab.min_credits,
-            percent=percent_text(slab.percent_bps),
-            percent_bps=slab.percent_bps,
-        )
+        return cls(id=slab.id, min_credits=slab.min_credits, **_percent_fields(slab.percent_bps))
 
 
 # ---------------------------------------------------------------- offers
-
-
-PlanCodes = Annotated[list[Code], Field(min_length=1, max_length=MAX_LIST)]
 
 
 class OfferCreate(Input):
@@ -355,13 +411,17 @@ class OfferCreate(Input):
 
     name: Name
     description: Description = ""
-    kind: Literal["percent_off", "bonus_credits"]
+    kind: OfferKind
     percent: Percent | None = None
     bonus_credits: Credits | None = None
     plan_codes: PlanCodes | None = None
     starts_at: Timestamp | None = None
     ends_at: Timestamp | None = None
     active: StrictBool = True
+
+    @property
+    def percent_bps(self) -> int | None:
+        return to_bps(self.percent) if self.percent is not None else None
 
 
 class OfferUpdate(_Patch):
@@ -370,20 +430,14 @@ class OfferUpdate(_Patch):
 
     NOT_NULL = frozenset({"name", "description", "active", "percent", "bonus_credits"})
 
-    name: Name | SkipJsonSchema[None] = None
-    description: Description | SkipJsonSchema[None] = None
-    percent: Percent | SkipJsonSchema[None] = None
-    bonus_credits: Credits | SkipJsonSchema[None] = None
+    name: Name | None = None
+    description: Description | None = None
+    percent: Percent | None = None
+    bonus_credits: Credits | None = None
     plan_codes: PlanCodes | None = None
     starts_at: Timestamp | None = None
     ends_at: Timestamp | None = None
-    active: StrictBool | SkipJsonSchema[None] = None
-
-    def offer_changes(self) -> dict[str, Any]:
-        values = self.changes()
-        if "percent" in values:
-            values["percent_bps"] = to_bps(values.pop("percent"))
-        return values
+    active: StrictBool | None = None
 
 
 class OfferRead(Output):
@@ -394,7 +448,7 @@ class OfferRead(Output):
     id: str
     name: str
     description: str
-    kind: Literal["percent_off", "bonus_credits"]
+    kind: OfferKind
     percent: str | None
     percent_bps: int | None
     asset: str = CREDIT
@@ -414,8 +468,7 @@ class OfferRead(Output):
             name=offer.name,
             description=offer.description,
             kind=offer.kind,
-            percent=percent_text(offer.percent_bps) if offer.percent_bps is not None else None,
-            percent_bps=offer.percent_bps,
+            **_percent_fields(offer.percent_bps),
             bonus_credits=offer.bonus_credits,
             plan_codes=list(offer.plan_codes) if offer.plan_codes is not None else None,
             starts_at=offer.starts_at,
@@ -427,70 +480,7 @@ class OfferRead(Output):
         )
 
 
-# ================================================================ coupons (catalog part B)
-
-from pydantic import ConfigDict, WithJsonSchema  # noqa: E402
-
-from prepaid.catalog import pricing  # noqa: E402
-from prepaid.catalog.models import Coupon, CouponAssignment  # noqa: E402
-
-_PERCENT_ERROR = 'expected a percentage above 0 and at most 100, such as 15 or "12.5"'
-_CENT = Decimal("0.01")
-_FLOAT_NOISE = Decimal("1e-9")
-
-
-def _coupon_percent(value: Any) -> Decimal:
-    """A coupon's percentage, above 0 and at most 100 (a free purchase), with at most two decimals, read
-    exactly: a string as written, a JSON number by its shortest text (``0.57``, and ``0.5700000000000001``,
-    which is how a float holds 0.57, as 0.57)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
-        raise ValueError(_PERCENT_ERROR)
-    try:
-        number = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
-        cents = number.quantize(_CENT)
-    except InvalidOperation:
-        raise ValueError(_PERCENT_ERROR) from None
-    if not number.is_finite():
-        raise ValueError(_PERCENT_ERROR)
-    if number != cents and not (isinstance(value, float) and abs(number - cents) < _FLOAT_NOISE):
-        raise ValueError("a percentage has at most two decimal places")
-    if not Decimal(0) < cents <= Decimal(100):
-        raise ValueError(_PERCENT_ERROR)
-    return cents
-
-
-CouponPercent = Annotated[
-    Decimal,
-    BeforeValidator(_coupon_percent),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "number", "exclusiveMinimum": 0, "maximum": 100, "multipleOf": 0.01},
-                {
-                    "type": "string",
-                    "pattern": r"^(100(\.00?)?|[1-9][0-9]?(\.[0-9]{1,2})?|0?0\.(0[1-9]|[1-9][0-9]?))$",
-                },
-            ],
-            "description": 'Above 0 and at most 100 (a free purchase), at most two decimal places: 15 or "12.5".',
-        }
-    ),
-]
-CouponCode = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$"),
-    Field(description="Letters, digits, '_' and '-'; stored upper-case, matched case-insensitively."),
-]
-CurrencyAmounts = Annotated[
-    dict[Annotated[str, StringConstraints(max_length=8)], MoneyAmount],
-    Field(
-        max_length=len(CURRENCY_MINOR_UNITS),
-        description='Currency -> amount in its minor unit, e.g. {"INR": 50000}.',
-    ),
-]
-Limit = Annotated[int, Field(ge=1, le=MAX_AMOUNT), _Integer]
-Visibility = Literal["public", "assigned"]
-CouponKind = Literal["percent_off", "amount_off", "bonus_credits"]
-UserId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+# ---------------------------------------------------------------- coupons
 
 
 class CouponCreate(Input):
@@ -515,24 +505,9 @@ class CouponCreate(Input):
     visibility: Visibility = "public"
     active: StrictBool = True
 
-
-def _not_nullable(fields: frozenset[str]) -> Any:
-    """Edits a model's JSON schema so that ``fields`` (typed ``X | None`` so that "not sent" can be told
-    apart) are documented as they are accepted: never null."""
-
-    def edit(schema: dict[str, Any]) -> None:
-        for name in fields:
-            prop = schema.get("properties", {}).get(name)
-            if prop is None or "anyOf" not in prop:
-                continue
-            options = [option for option in prop.pop("anyOf") if option != {"type": "null"}]
-            prop.pop("default", None)
-            if len(options) == 1:
-                prop.update(options[0])
-            else:
-                prop["anyOf"] = options
-
-    return edit
+    @property
+    def percent_bps(self) -> int | None:
+        return to_bps(self.percent) if self.percent is not None else None
 
 
 class CouponUpdate(_Patch):
@@ -541,7 +516,6 @@ class CouponUpdate(_Patch):
     ``amount_off`` and ``min_amount`` replace the whole map."""
 
     NOT_NULL = frozenset({"description", "percent", "amount_off", "bonus_credits", "visibility", "active"})
-    model_config = ConfigDict(json_schema_extra=_not_nullable(NOT_NULL))
 
     description: Description | None = None
     percent: CouponPercent | None = None
@@ -556,18 +530,10 @@ class CouponUpdate(_Patch):
     visibility: Visibility | None = None
     active: StrictBool | None = None
 
-    def coupon_changes(self) -> dict[str, Any]:
-        values = self.changes()
-        if "percent" in values:
-            values["percent_bps"] = to_bps(values.pop("percent"))
-        if "min_amount" in values and values["min_amount"] is None:
-            values["min_amount"] = {}
-        return values
 
-
-class CouponRead(Output):
-    """A coupon as admins see it, with its uses: ``times_redeemed`` (paid orders) and ``reserved`` (orders in
-    progress whose reservation has not lapsed); limits count both."""
+class _CouponTerms(Output):
+    """What a buyer and an admin both see of a coupon. ``amount_off`` and ``min_amount`` map currencies to
+    minor units; ``bonus_credits`` is in the credit asset's smallest unit."""
 
     object: Literal["coupon"] = "coupon"
     id: str
@@ -581,10 +547,43 @@ class CouponRead(Output):
     bonus_credits: int | None
     plan_codes: list[str] | None
     min_amount: dict[str, int]
-    max_redemptions: int | None
-    max_per_user: int | None
     starts_at: datetime | None
     ends_at: datetime | None
+
+    @staticmethod
+    def terms(coupon: Coupon) -> dict[str, Any]:
+        return {
+            "id": coupon.id,
+            "code": coupon.code,
+            "description": coupon.description,
+            "kind": coupon.kind,
+            **_percent_fields(coupon.percent_bps),
+            "amount_off": dict(coupon.amount_off),
+            "bonus_credits": coupon.bonus_credits,
+            "plan_codes": list(coupon.plan_codes) if coupon.plan_codes is not None else None,
+            "min_amount": dict(coupon.min_amount),
+            "starts_at": coupon.starts_at,
+            "ends_at": coupon.ends_at,
+        }
+
+
+class MyCouponRead(_CouponTerms):
+    """A coupon allotted to the signed-in user that they can still use; ``uses_left`` is how many more times
+    (null: no limit)."""
+
+    uses_left: int | None
+
+    @classmethod
+    def of(cls, coupon: Coupon, uses_left: int | None) -> MyCouponRead:
+        return cls(**cls.terms(coupon), uses_left=uses_left)
+
+
+class CouponRead(_CouponTerms):
+    """A coupon as admins see it, with its limits and uses: ``times_redeemed`` (paid orders) and ``reserved``
+    (orders in progress whose reservation has not lapsed); limits count both."""
+
+    max_redemptions: int | None
+    max_per_user: int | None
     visibility: Visibility
     active: bool
     archived_at: datetime | None
@@ -596,20 +595,9 @@ class CouponRead(Output):
     @classmethod
     def of(cls, coupon: Coupon, usage: service.CouponUsage) -> CouponRead:
         return cls(
-            id=coupon.id,
-            code=coupon.code,
-            description=coupon.description,
-            kind=coupon.kind,
-            percent=percent_text(coupon.percent_bps) if coupon.percent_bps is not None else None,
-            percent_bps=coupon.percent_bps,
-            amount_off=dict(coupon.amount_off),
-            bonus_credits=coupon.bonus_credits,
-            plan_codes=list(coupon.plan_codes) if coupon.plan_codes is not None else None,
-            min_amount=dict(coupon.min_amount),
+            **cls.terms(coupon),
             max_redemptions=coupon.max_redemptions,
             max_per_user=coupon.max_per_user,
-            starts_at=coupon.starts_at,
-            ends_at=coupon.ends_at,
             visibility=coupon.visibility,
             active=coupon.active,
             archived_at=coupon.archived_at,
@@ -617,43 +605,6 @@ class CouponRead(Output):
             reserved=usage.reserved,
             created_at=coupon.created_at,
             updated_at=coupon.updated_at,
-        )
-
-
-class MyCouponRead(Output):
-    """A coupon allotted to the signed-in user that they can still use; ``uses_left`` is how many more times
-    (null: no limit)."""
-
-    object: Literal["coupon"] = "coupon"
-    code: str
-    description: str
-    kind: CouponKind
-    percent: str | None
-    percent_bps: int | None
-    amount_off: dict[str, int]
-    asset: str = CREDIT
-    bonus_credits: int | None
-    plan_codes: list[str] | None
-    min_amount: dict[str, int]
-    starts_at: datetime | None
-    ends_at: datetime | None
-    uses_left: int | None
-
-    @classmethod
-    def of(cls, coupon: Coupon, uses_left: int | None) -> MyCouponRead:
-        return cls(
-            code=coupon.code,
-            description=coupon.description,
-            kind=coupon.kind,
-            percent=percent_text(coupon.percent_bps) if coupon.percent_bps is not None else None,
-            percent_bps=coupon.percent_bps,
-            amount_off=dict(coupon.amount_off),
-            bonus_credits=coupon.bonus_credits,
-            plan_codes=list(coupon.plan_codes) if coupon.plan_codes is not None else None,
-            min_amount=dict(coupon.min_amount),
-            starts_at=coupon.starts_at,
-            ends_at=coupon.ends_at,
-            uses_left=uses_left,
         )
 
 
@@ -759,11 +710,7 @@ class QuoteRead(Output):
             offer_bonus_credits=quote.offer_bonus_credits,
             coupon_bonus_credits=quote.coupon_bonus_credits,
             applied=QuoteApplied(
-                slab=AppliedSlab(
-                    min_credits=slab.min_credits,
-                    percent=percent_text(slab.percent_bps),
-                    percent_bps=slab.percent_bps,
-                )
+                slab=AppliedSlab(min_credits=slab.min_credits, **_percent_fields(slab.percent_bps))
                 if slab is not None
                 else None,
                 offer=quote.offer_id,

@@ -1,13 +1,13 @@
-"""Catalog rules: plans and their prices, unit prices, meters and the cost function, discount slabs, offers.
+"""Catalog rules: plans and their prices, unit prices, meters and the cost function, discount slabs, offers,
+coupons (allotment, uses and reservations), and the quote.
 
 Services take the session and never commit. Every admin write records an audit entry (before and after) in
-the same transaction. Plans, meters and offers are archived, never deleted; codes are stored lower-case and
-matched case-insensitively.
+the same transaction. Plans, meters, offers and coupons are archived, never deleted. Plan and meter codes are
+stored lower-case, coupon codes upper-case, and all are matched case-insensitively.
 
-For the quote (coupons section below, and payments): ``get_plan`` / ``get_plan_by_code`` (with
-``plan.prices``), ``unit_price(currency)``, ``discount_slabs()`` with ``slab_for(slabs, credits)``,
-``active_offers(now)`` with ``offer_applies(offer, plan_code)``. For metering: ``get_meter`` and the pure
-``meter_cost``.
+For the payments issue: ``build_quote`` is the one way to price a purchase (it loads the catalog state and
+calls ``pricing.quote``); ``reserve_coupon``, ``redeem_reservation`` and ``release_reservation`` count a
+coupon's uses for an order. For metering: ``get_meter``, ``is_usable`` and the pure ``meter_cost``.
 """
 
 from __future__ import annotations
@@ -15,21 +15,35 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Select, delete, or_, select, text
+from sqlalchemy import Select, and_, delete, func, or_, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prepaid.audit import service as audit_service
-from prepaid.catalog.models import DiscountSlab, Meter, Offer, Plan, PlanPrice, UnitPrice
+from prepaid.auth import service as auth_service
+from prepaid.catalog import pricing
+from prepaid.catalog.models import (
+    Coupon,
+    CouponAssignment,
+    CouponRedemption,
+    DiscountSlab,
+    Meter,
+    Offer,
+    Plan,
+    PlanPrice,
+    UnitPrice,
+)
 from prepaid.db import utcnow
 from prepaid.errors import Conflict, InvalidRequest, NotFound
 from prepaid.ids import has_prefix, new_id
 from prepaid.money import CURRENCY_MINOR_UNITS
 from prepaid.pagination import Page, PageParams, paginate
+from prepaid.settings import Settings
 
 TOKENS_PER_PRICE_UNIT = 1_000_000  # model prices are per million tokens
-_Row = TypeVar("_Row")
 
 # ---------------------------------------------------------------- the cost function (pure, no database)
 
@@ -118,7 +132,16 @@ def meter_cost(
 
 
 def normalize_code(code: str) -> str:
-    return code.strip().lower()
+    """A plan or meter code as stored: lower-case. Codes are ASCII, so only ASCII letters fold: no other
+    character (the Kelvin sign, say, which lower-cases to "k") can turn into a code."""
+    code = code.strip()
+    return code.lower() if code.isascii() else code
+
+
+def normalize_coupon_code(code: str) -> str:
+    """A coupon code as stored: upper-case, ASCII letters only ("ß" does not become "SS")."""
+    code = code.strip()
+    return code.upper() if code.isascii() else code
 
 
 def check_currency(currency: str, param: str) -> str:
@@ -131,20 +154,104 @@ def check_currency(currency: str, param: str) -> str:
     return code
 
 
-def _check_prices(prices: Mapping[str, int], param: str = "prices") -> dict[str, int]:
-    if not prices:
+def _currency_amounts(
+    amounts: Mapping[str, int] | None, param: str, *, at_least_one: bool = False
+) -> dict[str, int]:
+    """A currency -> minor units map (plan prices, a coupon's amounts off and minimums): known currencies,
+    each once, upper-cased and sorted, amounts whole and above 0. None is empty."""
+    if at_least_one and not amounts:
         raise InvalidRequest(
             "A plan needs a price in at least one currency.", code="missing_price", param=param
         )
     checked: dict[str, int] = {}
-    for currency, amount in prices.items():
+    for currency, amount in (amounts or {}).items():
         code = check_currency(currency, f"{param}.{currency}")
         if code in checked:
             raise InvalidRequest(
                 f"{code} is given twice.", code="duplicate_currency", param=f"{param}.{currency}"
             )
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            raise InvalidRequest(
+                "An amount is a whole number of minor units above 0.",
+                code="invalid_field",
+                param=f"{param}.{currency}",
+            )
         checked[code] = amount
     return dict(sorted(checked.items()))
+
+
+async def _check_plan_codes(session: AsyncSession, codes: Sequence[str] | None) -> list[str] | None:
+    """The plans an offer or a coupon covers (None: every plan and custom quantities), each one existing."""
+    if codes is None:
+        return None
+    if not codes:
+        raise InvalidRequest(
+            "Give at least one plan code, or null for every plan and custom quantities.",
+            code="invalid_field",
+            param="plan_codes",
+        )
+    normalized: list[str] = []
+    for code in codes:
+        code = normalize_code(code)
+        if code not in normalized:
+            normalized.append(code)
+    known = set((await session.scalars(select(Plan.code).where(Plan.code.in_(normalized)))).all())
+    for index, code in enumerate(normalized):
+        if code not in known:
+            raise InvalidRequest(f"No plan {code}.", code="unknown_plan", param=f"plan_codes.{index}")
+    return normalized
+
+
+def _check_window(starts_at: datetime | None, ends_at: datetime | None) -> None:
+    if starts_at is not None and ends_at is not None and ends_at <= starts_at:
+        raise InvalidRequest("ends_at must be after starts_at.", code="invalid_window", param="ends_at")
+
+
+def _refuse_nulls(changes: Mapping[str, Any], fields: Iterable[str]) -> None:
+    for name in fields:
+        if name in changes and changes[name] is None:
+            raise InvalidRequest(f"{name} cannot be null.", code="invalid_field", param=name)
+
+
+def _refuse_unknown(changes: Mapping[str, Any], allowed: frozenset[str], kind: str) -> None:
+    """A programming error, not a request's: the schemas send only the fields a change may touch."""
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValueError(f"not {kind} fields: {sorted(unknown)}")
+
+
+# ---------------------------------------------------------------- rows, locks and the audit trail
+
+_Row = TypeVar("_Row")
+_Entity = TypeVar("_Entity", Plan, Meter, Offer, Coupon)
+
+# The kinds of row whose changes are audited, by the name the audit log gives them.
+_KINDS: dict[type[Any], str] = {Plan: "plan", Meter: "meter", Offer: "offer", Coupon: "coupon"}
+_NOT_AUDITED = frozenset({"id", "created_at", "updated_at"})
+
+
+def _plain(value: Any) -> Any:
+    """A column's value as the audit log's JSON keeps it: times as ISO 8601, maps and lists copied."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return list(value)
+    return value
+
+
+def _snapshot(row: Plan | Meter | Offer | Coupon) -> dict[str, Any]:
+    """What the audit log keeps of a row before and after a change: every column but the id and the
+    timestamps (and a plan's prices)."""
+    values = {
+        column.key: _plain(getattr(row, column.key))
+        for column in row.__mapper__.column_attrs
+        if column.key not in _NOT_AUDITED
+    }
+    if isinstance(row, Plan):
+        values["prices"] = plan_prices(row)
+    return values
 
 
 async def _audit(
@@ -167,8 +274,64 @@ async def _audit(
     )
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+async def _created(session: AsyncSession, row: _Entity, *, actor: audit_service.Actor) -> _Entity:
+    """Add a new row, audited as ``<kind>.create``. A code taken by a concurrent creation (both passed the
+    caller's check; PostgreSQL's unique index stops the second) is the same 409 as one taken earlier."""
+    kind = _KINDS[type(row)]
+    session.add(row)
+    try:
+        await session.flush()  # fills the timestamps for the answer
+    except IntegrityError:
+        if isinstance(row, Offer):  # offers have no code: nothing unique to race for
+            raise
+        raise Conflict(
+            f"A {kind} with code {row.code} exists.", code=f"{kind}_code_taken", param="code"
+        ) from None
+    await _audit(session, actor, f"{kind}.create", kind, row.id, None, _snapshot(row))
+    return row
+
+
+async def _updated(
+    session: AsyncSession,
+    row: _Entity,
+    values: Mapping[str, Any],
+    *,
+    actor: audit_service.Actor,
+    before: dict[str, Any] | None = None,
+) -> _Entity:
+    """Set ``values`` on the row; when that changed anything (``before`` is the row before this change, when
+    the caller already changed more), stamp ``updated_at`` and record ``<kind>.update``. A change to nothing
+    records nothing."""
+    kind = _KINDS[type(row)]
+    before = _snapshot(row) if before is None else before
+    for name, value in values.items():
+        setattr(row, name, value)
+    after = _snapshot(row)
+    if after != before:
+        row.updated_at = utcnow()
+        await session.flush()
+        await _audit(session, actor, f"{kind}.update", kind, row.id, before, after)
+    return row
+
+
+async def _archived(session: AsyncSession, row: _Entity, *, actor: audit_service.Actor) -> _Entity:
+    """Archive the row (and switch it off), audited as ``<kind>.archive``; archiving twice answers the row as
+    it is and records nothing."""
+    if row.archived_at is not None:
+        return row
+    kind = _KINDS[type(row)]
+    before = _snapshot(row)
+    row.archived_at = utcnow()
+    row.active = False
+    await session.flush()
+    await _audit(session, actor, f"{kind}.archive", kind, row.id, before, _snapshot(row))
+    return row
+
+
+def _refuse_archived(row: Plan | Meter | Offer | Coupon) -> None:
+    if row.archived_at is not None:
+        kind = _KINDS[type(row)]
+        raise Conflict(f"This {kind} is archived; archived {kind}s do not change.", code=f"{kind}_archived")
 
 
 async def _locked(session: AsyncSession, stmt: Select[_Row]) -> _Row | None:
@@ -178,6 +341,10 @@ async def _locked(session: AsyncSession, stmt: Select[_Row]) -> _Row | None:
     return await session.scalar(stmt.with_for_update().execution_options(populate_existing=True))
 
 
+async def _one(session: AsyncSession, stmt: Select[_Row], *, lock: bool) -> _Row | None:
+    return await (_locked(session, stmt) if lock else session.scalar(stmt))
+
+
 async def _lock_list(session: AsyncSession, table: str) -> None:
     """Serialise the replacement of a whole list (slabs, unit prices) on PostgreSQL: two concurrent
     replacements must not merge into one list. Reads are not blocked. SQLite's write lock already does this."""
@@ -185,7 +352,16 @@ async def _lock_list(session: AsyncSession, table: str) -> None:
         await session.execute(text(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))
 
 
+def _for_sale(stmt: Select[_Row], model: type[Plan] | type[Meter] | type[Offer]) -> Select[_Row]:
+    """Only the rows the public sees: active and not archived."""
+    return stmt.where(model.active.is_(True), model.archived_at.is_(None))
+
+
 # ---------------------------------------------------------------- plans
+
+PLAN_FIELDS = frozenset(
+    {"name", "description", "credits", "bonus_credits", "popular", "active", "sort_order"}
+)
 
 
 def plan_prices(plan: Plan) -> dict[str, int]:
@@ -193,26 +369,11 @@ def plan_prices(plan: Plan) -> dict[str, int]:
     return {price.currency: price.amount for price in sorted(plan.prices, key=lambda p: p.currency)}
 
 
-def _plan_snapshot(plan: Plan) -> dict[str, Any]:
-    return {
-        "code": plan.code,
-        "name": plan.name,
-        "description": plan.description,
-        "credits": plan.credits,
-        "bonus_credits": plan.bonus_credits,
-        "popular": plan.popular,
-        "active": plan.active,
-        "sort_order": plan.sort_order,
-        "archived_at": _iso(plan.archived_at),
-        "prices": plan_prices(plan),
-    }
-
-
 async def list_plans(session: AsyncSession, *, include_archived: bool = False) -> list[Plan]:
     """Active plans by ``sort_order`` then code; ``include_archived`` lists every plan (inactive too)."""
     stmt = select(Plan).order_by(Plan.sort_order, Plan.code)
     if not include_archived:
-        stmt = stmt.where(Plan.active.is_(True), Plan.archived_at.is_(None))
+        stmt = _for_sale(stmt, Plan)
     return list((await session.scalars(stmt)).all())
 
 
@@ -220,7 +381,7 @@ async def get_plan(session: AsyncSession, plan_id: str) -> Plan:
     """A plan by id, archived or not (orders keep referring to it), with ``plan.prices``."""
     plan = await session.get(Plan, plan_id)
     if plan is None:
-        raise NotFound(f"No plan {plan_id}.", param="id")
+        raise NotFound(f"No plan {plan_id}.", param="plan_id")
     return plan
 
 
@@ -231,15 +392,15 @@ async def get_plan_by_code(session: AsyncSession, code: str) -> Plan:
     return plan
 
 
-async def find_plan(session: AsyncSession, reference: str) -> Plan:
-    """A plan by id (``pln_...``) or by code."""
+async def find_plan(session: AsyncSession, reference: str, *, lock: bool = False) -> Plan:
+    """A plan by id (``pln_...``) or by code; ``lock`` for a change."""
+    plan = None
     if has_prefix(reference, "pln"):
-        plan = await session.get(Plan, reference)
-        if plan is not None:
-            return plan
-    plan = await session.scalar(select(Plan).where(Plan.code == normalize_code(reference)))
+        plan = await _one(session, select(Plan).where(Plan.id == reference), lock=lock)
     if plan is None:
-        raise NotFound(f"No plan {reference}.", param="id")
+        plan = await _one(session, select(Plan).where(Plan.code == normalize_code(reference)), lock=lock)
+    if plan is None:
+        raise NotFound(f"No plan {reference}.", param="plan_id")
     return plan
 
 
@@ -262,7 +423,7 @@ async def create_plan(
     sort_order: int = 0,
 ) -> Plan:
     code = normalize_code(code)
-    checked = _check_prices(prices)
+    checked = _currency_amounts(prices, "prices", at_least_one=True)
     if await session.scalar(select(Plan.id).where(Plan.code == code)) is not None:
         raise Conflict(f"A plan with code {code!r} exists.", code="plan_code_taken", param="code")
     plan = Plan(
@@ -277,15 +438,7 @@ async def create_plan(
         sort_order=sort_order,
         prices=[PlanPrice(currency=currency, amount=amount) for currency, amount in checked.items()],
     )
-    session.add(plan)
-    await session.flush()  # fills the timestamps for the answer
-    await _audit(session, actor, "plan.create", "plan", plan.id, None, _plan_snapshot(plan))
-    return plan
-
-
-PLAN_FIELDS = frozenset(
-    {"name", "description", "credits", "bonus_credits", "popular", "active", "sort_order"}
-)
+    return await _created(session, plan, actor=actor)
 
 
 async def update_plan(
@@ -296,20 +449,13 @@ async def update_plan(
     changes: Mapping[str, Any],
     prices: Mapping[str, int] | None = None,
 ) -> Plan:
-    """Change the fields in ``changes`` (a subset of ``PLAN_FIELDS``); ``prices`` replaces the whole price
-    map. An archived plan cannot change (409 ``plan_archived``)."""
-    unknown = set(changes) - PLAN_FIELDS
-    if unknown:
-        raise ValueError(f"not plan fields: {sorted(unknown)}")
-    plan = await _locked(session, select(Plan).where(Plan.id == plan_id))
-    if plan is None:
-        raise NotFound(f"No plan {plan_id}.", param="id")
-    if plan.archived_at is not None:
-        raise Conflict("This plan is archived; archived plans do not change.", code="plan_archived")
-    checked = _check_prices(prices) if prices is not None else None
-    before = _plan_snapshot(plan)
-    for field, value in changes.items():
-        setattr(plan, field, value)
+    """Change the fields in ``changes`` (a subset of ``PLAN_FIELDS``) of the plan ``plan_id`` (its id or its
+    code); ``prices`` replaces the whole price map. An archived plan cannot change (409 ``plan_archived``)."""
+    _refuse_unknown(changes, PLAN_FIELDS, "plan")
+    plan = await find_plan(session, plan_id, lock=True)
+    _refuse_archived(plan)
+    checked = _currency_amounts(prices, "prices", at_least_one=True) if prices is not None else None
+    before = _snapshot(plan)
     if checked is not None:
         current = {price.currency: price for price in plan.prices}
         for currency, price in current.items():
@@ -320,28 +466,13 @@ async def update_plan(
                 current[currency].amount = amount
             else:
                 plan.prices.append(PlanPrice(currency=currency, amount=amount))
-    after = _plan_snapshot(plan)
-    if after != before:
-        plan.updated_at = utcnow()
-        await session.flush()
-        await _audit(session, actor, "plan.update", "plan", plan.id, before, after)
-    return plan
+    return await _updated(session, plan, changes, actor=actor, before=before)
 
 
 async def archive_plan(session: AsyncSession, *, plan_id: str, actor: audit_service.Actor) -> Plan:
-    """Archived plans leave the public list and cannot be bought, and stay readable by id. Archiving twice
-    answers the plan as it is and records nothing."""
-    plan = await _locked(session, select(Plan).where(Plan.id == plan_id))
-    if plan is None:
-        raise NotFound(f"No plan {plan_id}.", param="id")
-    if plan.archived_at is not None:
-        return plan
-    before = _plan_snapshot(plan)
-    plan.archived_at = utcnow()
-    plan.active = False
-    await session.flush()
-    await _audit(session, actor, "plan.archive", "plan", plan.id, before, _plan_snapshot(plan))
-    return plan
+    """Archived plans leave the public list and cannot be bought, and stay readable by id. ``plan_id`` is the
+    id or the code. Archiving twice answers the plan as it is and records nothing."""
+    return await _archived(session, await find_plan(session, plan_id, lock=True), actor=actor)
 
 
 # ---------------------------------------------------------------- unit prices (custom quantities)
@@ -434,29 +565,12 @@ MODEL_FIELDS = ("input_price", "output_price", "cached_input_price")
 METER_FIELDS = frozenset({"name", "description", "unit", "active", *UNIT_FIELDS, *MODEL_FIELDS})
 
 
-def _meter_snapshot(meter: Meter) -> dict[str, Any]:
-    return {
-        "code": meter.code,
-        "name": meter.name,
-        "description": meter.description,
-        "kind": meter.kind,
-        "unit": meter.unit,
-        "price": meter.price,
-        "per": meter.per,
-        "input_price": meter.input_price,
-        "output_price": meter.output_price,
-        "cached_input_price": meter.cached_input_price,
-        "active": meter.active,
-        "archived_at": _iso(meter.archived_at),
-    }
-
-
 def _check_meter_fields(kind: str, values: Mapping[str, Any]) -> None:
     """The fields of the other kind are refused; a model meter counts tokens."""
     foreign = MODEL_FIELDS if kind == "unit" else UNIT_FIELDS
-    for field in foreign:
-        if values.get(field) is not None:
-            raise InvalidRequest(f"A {kind} meter has no {field}.", code="field_not_for_kind", param=field)
+    for name in foreign:
+        if values.get(name) is not None:
+            raise InvalidRequest(f"A {kind} meter has no {name}.", code="field_not_for_kind", param=name)
     if kind == "model" and values.get("unit") not in (None, "token"):
         raise InvalidRequest("A model meter counts tokens (unit 'token').", code="invalid_unit", param="unit")
 
@@ -465,14 +579,13 @@ async def list_meters(session: AsyncSession, *, include_archived: bool = False) 
     """Active meters by code; ``include_archived`` lists every meter."""
     stmt = select(Meter).order_by(Meter.code)
     if not include_archived:
-        stmt = stmt.where(Meter.active.is_(True), Meter.archived_at.is_(None))
+        stmt = _for_sale(stmt, Meter)
     return list((await session.scalars(stmt)).all())
 
 
 async def get_meter(session: AsyncSession, code: str, *, lock: bool = False) -> Meter:
     """A meter by code (case-insensitive), archived or not; ``lock`` for a change."""
-    stmt = select(Meter).where(Meter.code == normalize_code(code))
-    meter = await (_locked(session, stmt) if lock else session.scalar(stmt))
+    meter = await _one(session, select(Meter).where(Meter.code == normalize_code(code)), lock=lock)
     if meter is None:
         raise NotFound(f"No meter {code}.", param="code")
     return meter
@@ -516,10 +629,10 @@ async def create_meter(
             raise InvalidRequest("A unit meter needs a unit.", code="field_required_for_kind", param="unit")
         per = 1 if per is None else per
     else:
-        for field, value in (("input_price", input_price), ("output_price", output_price)):
+        for name, value in (("input_price", input_price), ("output_price", output_price)):
             if value is None:
                 raise InvalidRequest(
-                    f"A model meter needs {field}.", code="field_required_for_kind", param=field
+                    f"A model meter needs {name}.", code="field_required_for_kind", param=name
                 )
         unit = "token"
         cached_input_price = input_price if cached_input_price is None else cached_input_price
@@ -540,10 +653,7 @@ async def create_meter(
         cached_input_price=cached_input_price,
         active=active,
     )
-    session.add(meter)
-    await session.flush()  # fills the timestamps for the answer
-    await _audit(session, actor, "meter.create", "meter", meter.id, None, _meter_snapshot(meter))
-    return meter
+    return await _created(session, meter, actor=actor)
 
 
 async def update_meter(
@@ -551,39 +661,18 @@ async def update_meter(
 ) -> Meter:
     """Change the fields in ``changes`` (a subset of ``METER_FIELDS``; the kind and code stay). Prices
     change for usage received from now on. An archived meter cannot change (409 ``meter_archived``)."""
-    unknown = set(changes) - METER_FIELDS
-    if unknown:
-        raise ValueError(f"not meter fields: {sorted(unknown)}")
+    _refuse_unknown(changes, METER_FIELDS, "meter")
     meter = await get_meter(session, code, lock=True)
-    if meter.archived_at is not None:
-        raise Conflict("This meter is archived; archived meters do not change.", code="meter_archived")
+    _refuse_archived(meter)
     _check_meter_fields(meter.kind, changes)
-    for field, value in changes.items():
-        if value is None and field in {"unit", *UNIT_FIELDS, *MODEL_FIELDS}:
-            raise InvalidRequest(f"{field} cannot be null.", code="invalid_field", param=field)
-    before = _meter_snapshot(meter)
-    for field, value in changes.items():
-        setattr(meter, field, value)
-    after = _meter_snapshot(meter)
-    if after != before:
-        meter.updated_at = utcnow()
-        await session.flush()
-        await _audit(session, actor, "meter.update", "meter", meter.id, before, after)
-    return meter
+    _refuse_nulls(changes, METER_FIELDS)
+    return await _updated(session, meter, changes, actor=actor)
 
 
 async def archive_meter(session: AsyncSession, *, code: str, actor: audit_service.Actor) -> Meter:
     """Archived meters leave the public list and price no new usage; they stay readable by code. Archiving
     twice answers the meter as it is and records nothing."""
-    meter = await get_meter(session, code, lock=True)
-    if meter.archived_at is not None:
-        return meter
-    before = _meter_snapshot(meter)
-    meter.archived_at = utcnow()
-    meter.active = False
-    await session.flush()
-    await _audit(session, actor, "meter.archive", "meter", meter.id, before, _meter_snapshot(meter))
-    return meter
+    return await _archived(session, await get_meter(session, code, lock=True), actor=actor)
 
 
 # ---------------------------------------------------------------- discount slabs
@@ -602,15 +691,6 @@ def _slab_snapshot(slabs: Iterable[DiscountSlab | SlabInput]) -> list[dict[str, 
 async def discount_slabs(session: AsyncSession) -> list[DiscountSlab]:
     """The slabs by ascending threshold."""
     return list((await session.scalars(select(DiscountSlab).order_by(DiscountSlab.min_credits))).all())
-
-
-def slab_for(slabs: Sequence[DiscountSlab], credits: int) -> DiscountSlab | None:
-    """The highest slab whose threshold ``credits`` reaches (pure; ``slabs`` ascending)."""
-    reached = None
-    for slab in slabs:
-        if credits >= slab.min_credits:
-            reached = slab
-    return reached
 
 
 async def replace_discount_slabs(
@@ -670,21 +750,6 @@ OFFER_FIELDS = frozenset(
 )
 
 
-def _offer_snapshot(offer: Offer) -> dict[str, Any]:
-    return {
-        "name": offer.name,
-        "description": offer.description,
-        "kind": offer.kind,
-        "percent_bps": offer.percent_bps,
-        "bonus_credits": offer.bonus_credits,
-        "plan_codes": offer.plan_codes,
-        "starts_at": _iso(offer.starts_at),
-        "ends_at": _iso(offer.ends_at),
-        "active": offer.active,
-        "archived_at": _iso(offer.archived_at),
-    }
-
-
 def is_offer_live(offer: Offer, now: datetime) -> bool:
     """Active, not archived, and ``starts_at <= now < ends_at`` (an open side always holds)."""
     return (
@@ -695,18 +760,8 @@ def is_offer_live(offer: Offer, now: datetime) -> bool:
     )
 
 
-def offer_applies(offer: Offer, plan_code: str | None) -> bool:
-    """Whether the offer covers a plan (by code) or, with ``plan_code=None``, a custom quantity: an offer
-    without ``plan_codes`` covers every plan and custom quantities; one with a list only those plans."""
-    if offer.plan_codes is None:
-        return True
-    return plan_code is not None and normalize_code(plan_code) in offer.plan_codes
-
-
 def _live_offers(now: datetime) -> Select[Offer]:
-    return select(Offer).where(
-        Offer.active.is_(True),
-        Offer.archived_at.is_(None),
+    return _for_sale(select(Offer), Offer).where(
         or_(Offer.starts_at.is_(None), Offer.starts_at <= now),
         or_(Offer.ends_at.is_(None), Offer.ends_at > now),
     )
@@ -724,37 +779,10 @@ async def list_offers(session: AsyncSession, *, params: PageParams) -> Page[Offe
 
 async def get_offer(session: AsyncSession, offer_id: str, *, lock: bool = False) -> Offer:
     """An offer by id; ``lock`` for a change."""
-    stmt = select(Offer).where(Offer.id == offer_id)
-    offer = await (_locked(session, stmt) if lock else session.scalar(stmt))
+    offer = await _one(session, select(Offer).where(Offer.id == offer_id), lock=lock)
     if offer is None:
-        raise NotFound(f"No offer {offer_id}.", param="id")
+        raise NotFound(f"No offer {offer_id}.", param="offer_id")
     return offer
-
-
-async def _check_plan_codes(session: AsyncSession, codes: Sequence[str] | None) -> list[str] | None:
-    if codes is None:
-        return None
-    if not codes:
-        raise InvalidRequest(
-            "Give at least one plan code, or null for every plan and custom quantities.",
-            code="invalid_field",
-            param="plan_codes",
-        )
-    normalized: list[str] = []
-    for code in codes:
-        code = normalize_code(code)
-        if code not in normalized:
-            normalized.append(code)
-    known = set((await session.scalars(select(Plan.code).where(Plan.code.in_(normalized)))).all())
-    for index, code in enumerate(normalized):
-        if code not in known:
-            raise InvalidRequest(f"No plan {code}.", code="unknown_plan", param=f"plan_codes.{index}")
-    return normalized
-
-
-def _check_window(starts_at: datetime | None, ends_at: datetime | None) -> None:
-    if starts_at is not None and ends_at is not None and ends_at <= starts_at:
-        raise InvalidRequest("ends_at must be after starts_at.", code="invalid_window", param="ends_at")
 
 
 def _check_offer_values(kind: str, percent_bps: int | None, bonus_credits: int | None) -> None:
@@ -812,10 +840,7 @@ async def create_offer(
         ends_at=ends_at,
         active=active,
     )
-    session.add(offer)
-    await session.flush()  # fills the timestamps for the answer
-    await _audit(session, actor, "offer.create", "offer", offer.id, None, _offer_snapshot(offer))
-    return offer
+    return await _created(session, offer, actor=actor)
 
 
 async def update_offer(
@@ -824,65 +849,30 @@ async def update_offer(
     """Change the fields in ``changes`` (a subset of ``OFFER_FIELDS``; the kind stays). ``plan_codes``,
     ``starts_at`` and ``ends_at`` may be set to None (every plan; an open window side). An archived offer
     cannot change (409 ``offer_archived``)."""
-    unknown = set(changes) - OFFER_FIELDS
-    if unknown:
-        raise ValueError(f"not offer fields: {sorted(unknown)}")
+    _refuse_unknown(changes, OFFER_FIELDS, "offer")
     offer = await get_offer(session, offer_id, lock=True)
-    if offer.archived_at is not None:
-        raise Conflict("This offer is archived; archived offers do not change.", code="offer_archived")
-    for field in ("name", "description", "active"):
-        if field in changes and changes[field] is None:
-            raise InvalidRequest(f"{field} cannot be null.", code="invalid_field", param=field)
-    values = {field: changes.get(field, getattr(offer, field)) for field in OFFER_FIELDS}
-    kind_values = {
-        "percent_bps": changes.get("percent_bps", offer.percent_bps if offer.kind == "percent_off" else None),
-        "bonus_credits": changes.get(
-            "bonus_credits", offer.bonus_credits if offer.kind == "bonus_credits" else None
-        ),
-    }
-    _check_offer_values(offer.kind, kind_values["percent_bps"], kind_values["bonus_credits"])
+    _refuse_archived(offer)
+    _refuse_nulls(changes, ("name", "description", "active"))
+    values = {name: changes.get(name, getattr(offer, name)) for name in OFFER_FIELDS}
+    _check_offer_values(
+        offer.kind,
+        changes.get("percent_bps", offer.percent_bps if offer.kind == "percent_off" else None),
+        changes.get("bonus_credits", offer.bonus_credits if offer.kind == "bonus_credits" else None),
+    )
     _check_window(values["starts_at"], values["ends_at"])
     if "plan_codes" in changes:
         values["plan_codes"] = await _check_plan_codes(session, changes["plan_codes"])
-    before = _offer_snapshot(offer)
-    for field in changes:
-        setattr(offer, field, values[field])
-    after = _offer_snapshot(offer)
-    if after != before:
-        offer.updated_at = utcnow()
-        await session.flush()
-        await _audit(session, actor, "offer.update", "offer", offer.id, before, after)
-    return offer
+    return await _updated(session, offer, {name: values[name] for name in changes}, actor=actor)
 
 
 async def archive_offer(session: AsyncSession, *, offer_id: str, actor: audit_service.Actor) -> Offer:
     """An archived offer no longer applies and cannot change; archiving twice records nothing."""
-    offer = await get_offer(session, offer_id, lock=True)
-    if offer.archived_at is not None:
-        return offer
-    before = _offer_snapshot(offer)
-    offer.archived_at = utcnow()
-    offer.active = False
-    await session.flush()
-    await _audit(session, actor, "offer.archive", "offer", offer.id, before, _offer_snapshot(offer))
-    return offer
+    return await _archived(session, await get_offer(session, offer_id, lock=True), actor=actor)
 
 
-# ================================================================ coupons (catalog part B)
-# Coupons (admin CRUD, allotment to users), whether a coupon may be used (``check_coupon``), the quote
-# (``build_quote``: catalog state -> ``pricing.quote``), and redemption reservations for orders
-# (``reserve_coupon``, ``redeem_reservation``, ``release_reservation``). Coupon codes are stored upper-case and
-# matched case-insensitively. A use counts while it is redeemed, or reserved and not past its ``expires_at``.
-
-from decimal import Decimal  # noqa: E402
-
-from sqlalchemy import and_, func  # noqa: E402
-from sqlalchemy.exc import IntegrityError  # noqa: E402
-
-from prepaid.auth import service as auth_service  # noqa: E402
-from prepaid.catalog import pricing  # noqa: E402
-from prepaid.catalog.models import Coupon, CouponAssignment, CouponRedemption  # noqa: E402
-from prepaid.settings import Settings  # noqa: E402
+# ---------------------------------------------------------------- coupons
+# Coupons (admin CRUD, allotment to users), whether a coupon may be used (``check_coupon``), and redemption
+# reservations for orders. A use counts while it is redeemed, or reserved and not past its ``expires_at``.
 
 COUPON_KINDS = ("percent_off", "amount_off", "bonus_credits")
 RESERVED_COUPON_CODES = frozenset({"VALIDATE"})  # POST /v1/coupons/validate
@@ -903,49 +893,6 @@ COUPON_FIELDS = frozenset(
         "active",
     }
 )
-
-
-def normalize_coupon_code(code: str) -> str:
-    return code.strip().upper()
-
-
-def _coupon_snapshot(coupon: Coupon) -> dict[str, Any]:
-    return {
-        "code": coupon.code,
-        "description": coupon.description,
-        "kind": coupon.kind,
-        "percent_bps": coupon.percent_bps,
-        "amount_off": dict(coupon.amount_off),
-        "bonus_credits": coupon.bonus_credits,
-        "plan_codes": coupon.plan_codes,
-        "min_amount": dict(coupon.min_amount),
-        "max_redemptions": coupon.max_redemptions,
-        "max_per_user": coupon.max_per_user,
-        "starts_at": _iso(coupon.starts_at),
-        "ends_at": _iso(coupon.ends_at),
-        "visibility": coupon.visibility,
-        "active": coupon.active,
-        "archived_at": _iso(coupon.archived_at),
-    }
-
-
-def _currency_amounts(amounts: Mapping[str, int] | None, param: str) -> dict[str, int]:
-    """A currency -> minor units map with known currencies, upper-cased and sorted; None is empty."""
-    checked: dict[str, int] = {}
-    for currency, amount in (amounts or {}).items():
-        code = check_currency(currency, f"{param}.{currency}")
-        if code in checked:
-            raise InvalidRequest(
-                f"{code} is given twice.", code="duplicate_currency", param=f"{param}.{currency}"
-            )
-        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-            raise InvalidRequest(
-                "An amount is a whole number of minor units above 0.",
-                code="invalid_field",
-                param=f"{param}.{currency}",
-            )
-        checked[code] = amount
-    return dict(sorted(checked.items()))
 
 
 def _check_coupon_values(
@@ -975,27 +922,16 @@ def _check_coupon_values(
         )
 
 
-async def get_coupon(session: AsyncSession, code: str, *, param: str = "coupon") -> Coupon:
-    """A coupon by code, case-insensitively, archived ones too."""
-    coupon = await session.scalar(select(Coupon).where(Coupon.code == normalize_coupon_code(code)))
+async def get_coupon(
+    session: AsyncSession, code: str, *, param: str = "coupon", lock: bool = False
+) -> Coupon:
+    """A coupon by code, case-insensitively, archived ones too; ``param`` names where the code came from (the
+    body's ``coupon``, or the path's ``code``). ``lock`` for a change: every change to a coupon's uses or
+    assignments serialises on its row."""
+    stmt = select(Coupon).where(Coupon.code == normalize_coupon_code(code))
+    coupon = await _one(session, stmt, lock=lock)
     if coupon is None:
         raise pricing.CouponNotFound(f"No coupon {code}.", param=param)
-    return coupon
-
-
-async def _lock_coupon(
-    session: AsyncSession, *, code: str | None = None, coupon_id: str | None = None
-) -> Coupon:
-    """The coupon row, locked until the transaction ends (``FOR UPDATE`` on PostgreSQL; SQLite's write lock
-    is already held from ``BEGIN IMMEDIATE``): every change to its uses or assignments serialises here."""
-    where = (
-        Coupon.id == coupon_id if coupon_id is not None else Coupon.code == normalize_coupon_code(code or "")
-    )
-    coupon = await session.scalar(
-        select(Coupon).where(where).with_for_update().execution_options(populate_existing=True)
-    )
-    if coupon is None:
-        raise pricing.CouponNotFound(f"No coupon {code or coupon_id}.")
     return coupon
 
 
@@ -1050,32 +986,21 @@ async def create_coupon(
         visibility=visibility,
         active=active,
     )
-    session.add(coupon)
-    try:
-        await session.flush()
-    except IntegrityError:  # the same code created at the same moment (PostgreSQL)
-        raise Conflict(f"A coupon with code {code} exists.", code="coupon_code_taken", param="code") from None
-    await _audit(session, actor, "coupon.create", "coupon", coupon.id, None, _coupon_snapshot(coupon))
-    return coupon
+    return await _created(session, coupon, actor=actor)
 
 
 async def update_coupon(
     session: AsyncSession, *, code: str, actor: audit_service.Actor, changes: Mapping[str, Any]
 ) -> Coupon:
     """Change the fields in ``changes`` (a subset of ``COUPON_FIELDS``; the code and kind stay). ``plan_codes``,
-    ``max_redemptions``, ``max_per_user``, ``starts_at`` and ``ends_at`` may be None (no restriction). Limits
-    may go below the uses already counted: the coupon is then exhausted, and uses already made stay. An
-    archived coupon cannot change (409 ``coupon_archived``)."""
-    unknown = set(changes) - COUPON_FIELDS
-    if unknown:
-        raise ValueError(f"not coupon fields: {sorted(unknown)}")
-    coupon = await _lock_coupon(session, code=code)
-    if coupon.archived_at is not None:
-        raise Conflict("This coupon is archived; archived coupons do not change.", code="coupon_archived")
-    for field in ("description", "visibility", "active"):
-        if field in changes and changes[field] is None:
-            raise InvalidRequest(f"{field} cannot be null.", code="invalid_field", param=field)
-    values = {field: changes.get(field, getattr(coupon, field)) for field in COUPON_FIELDS}
+    ``min_amount``, ``max_redemptions``, ``max_per_user``, ``starts_at`` and ``ends_at`` may be None (no
+    restriction). Limits may go below the uses already counted: the coupon is then exhausted, and uses already
+    made stay. An archived coupon cannot change (409 ``coupon_archived``)."""
+    _refuse_unknown(changes, COUPON_FIELDS, "coupon")
+    coupon = await get_coupon(session, code, param="code", lock=True)
+    _refuse_archived(coupon)
+    _refuse_nulls(changes, ("description", "visibility", "active"))
+    values = {name: changes.get(name, getattr(coupon, name)) for name in COUPON_FIELDS}
     if "amount_off" in changes:
         values["amount_off"] = _currency_amounts(changes["amount_off"], "amount_off")
     if "min_amount" in changes:
@@ -1090,29 +1015,13 @@ async def update_coupon(
     _check_window(values["starts_at"], values["ends_at"])
     if "plan_codes" in changes:
         values["plan_codes"] = await _check_plan_codes(session, changes["plan_codes"])
-    before = _coupon_snapshot(coupon)
-    for field in changes:
-        setattr(coupon, field, values[field])
-    after = _coupon_snapshot(coupon)
-    if after != before:
-        coupon.updated_at = utcnow()
-        await session.flush()
-        await _audit(session, actor, "coupon.update", "coupon", coupon.id, before, after)
-    return coupon
+    return await _updated(session, coupon, {name: values[name] for name in changes}, actor=actor)
 
 
 async def archive_coupon(session: AsyncSession, *, code: str, actor: audit_service.Actor) -> Coupon:
-    """An archived coupon can no longer be used, reserved or changed; reservations already made can still be
-    redeemed (their orders were priced with it). Archiving twice records nothing."""
-    coupon = await _lock_coupon(session, code=code)
-    if coupon.archived_at is not None:
-        return coupon
-    before = _coupon_snapshot(coupon)
-    coupon.archived_at = utcnow()
-    coupon.active = False
-    await session.flush()
-    await _audit(session, actor, "coupon.archive", "coupon", coupon.id, before, _coupon_snapshot(coupon))
-    return coupon
+    """An archived coupon can no longer be used, reserved, allotted or changed; reservations already made can
+    still be redeemed (their orders were priced with it). Archiving twice records nothing."""
+    return await _archived(session, await get_coupon(session, code, param="code", lock=True), actor=actor)
 
 
 # ---------------------------------------------------------------- coupon uses
@@ -1124,6 +1033,21 @@ def _counting(now: datetime) -> Any:
         CouponRedemption.status == "redeemed",
         and_(CouponRedemption.status == "reserved", CouponRedemption.expires_at > now),
     )
+
+
+def _uses_count(coupon_id: Any, now: datetime, user_id: str | None = None) -> Select[Any]:
+    """How many uses of the coupon ``coupon_id`` (an id, or ``Coupon.id`` in a correlated subquery) count at
+    ``now``, in all or by one user."""
+    stmt = (
+        select(func.count())
+        .select_from(CouponRedemption)
+        .where(CouponRedemption.coupon_id == coupon_id, _counting(now))
+    )
+    return stmt.where(CouponRedemption.user_id == user_id) if user_id is not None else stmt
+
+
+async def _uses(session: AsyncSession, coupon: Coupon, *, now: datetime, user_id: str | None = None) -> int:
+    return int(await session.scalar(_uses_count(coupon.id, now, user_id)) or 0)
 
 
 @dataclass(frozen=True)
@@ -1152,17 +1076,6 @@ async def coupon_usage(
         coupon_id: CouponUsage(redeemed=c.get("redeemed", 0), reserved=c.get("reserved", 0))
         for coupon_id, c in counts.items()
     }
-
-
-async def _uses(session: AsyncSession, coupon: Coupon, *, now: datetime, user_id: str | None = None) -> int:
-    stmt = (
-        select(func.count())
-        .select_from(CouponRedemption)
-        .where(CouponRedemption.coupon_id == coupon.id, _counting(now))
-    )
-    if user_id is not None:
-        stmt = stmt.where(CouponRedemption.user_id == user_id)
-    return int(await session.scalar(stmt) or 0)
 
 
 def needs_user(coupon: Coupon) -> bool:
@@ -1250,9 +1163,8 @@ async def assign_coupon(
 ) -> list[CouponAssignment]:
     """Allot the coupon to each user (a user already allotted stays as is); every user must exist. Answers the
     assignments of those users, oldest first. One audit entry names the users newly allotted."""
-    coupon = await _lock_coupon(session, code=code)
-    if coupon.archived_at is not None:
-        raise Conflict("This coupon is archived; archived coupons do not change.", code="coupon_archived")
+    coupon = await get_coupon(session, code, param="code", lock=True)
+    _refuse_archived(coupon)
     wanted: list[str] = []
     for index, user_id in enumerate(user_ids):
         try:
@@ -1290,8 +1202,10 @@ async def assign_coupon(
 async def withdraw_coupon(
     session: AsyncSession, *, code: str, user_id: str, actor: audit_service.Actor
 ) -> CouponAssignment:
-    """Take the coupon back from the user. Reservations they already made (orders in progress) stay."""
-    coupon = await _lock_coupon(session, code=code)
+    """Take the coupon back from the user. Reservations they already made (orders in progress) stay. An
+    archived coupon's allotment does not change any more (409 ``coupon_archived``)."""
+    coupon = await get_coupon(session, code, param="code", lock=True)
+    _refuse_archived(coupon)
     assignment = await session.scalar(
         select(CouponAssignment).where(
             CouponAssignment.coupon_id == coupon.id, CouponAssignment.user_id == user_id
@@ -1319,20 +1233,9 @@ async def withdraw_coupon(
 
 async def list_assignments(session: AsyncSession, *, code: str, params: PageParams) -> Page[CouponAssignment]:
     """Who the coupon is allotted to, newest first."""
-    coupon = await get_coupon(session, code)
+    coupon = await get_coupon(session, code, param="code")
     stmt = select(CouponAssignment).where(CouponAssignment.coupon_id == coupon.id)
     return await paginate(session, stmt, CouponAssignment.id, params)
-
-
-def _uses_subquery(now: datetime, *, user_id: str | None = None) -> Any:
-    stmt = (
-        select(func.count())
-        .select_from(CouponRedemption)
-        .where(CouponRedemption.coupon_id == Coupon.id, _counting(now))
-    )
-    if user_id is not None:
-        stmt = stmt.where(CouponRedemption.user_id == user_id)
-    return stmt.correlate(Coupon).scalar_subquery()
 
 
 async def my_coupons(
@@ -1349,10 +1252,14 @@ async def my_coupons(
             Coupon.archived_at.is_(None),
             or_(Coupon.ends_at.is_(None), Coupon.ends_at > now),
             or_(Coupon.max_redemptions.is_(None), _uses_subquery(now) < Coupon.max_redemptions),
-            or_(Coupon.max_per_user.is_(None), _uses_subquery(now, user_id=user_id) < Coupon.max_per_user),
+            or_(Coupon.max_per_user.is_(None), _uses_subquery(now, user_id) < Coupon.max_per_user),
         )
     )
     return await paginate(session, stmt, Coupon.id, params)
+
+
+def _uses_subquery(now: datetime, user_id: str | None = None) -> Any:
+    return _uses_count(Coupon.id, now, user_id).correlate(Coupon).scalar_subquery()
 
 
 async def uses_left(
@@ -1385,7 +1292,8 @@ async def build_quote(
     user_id: str | None = None,
 ) -> pricing.Quote:
     """The quote for a plan (by code) or a custom quantity of whole credits in ``currency`` at ``now``, with
-    the coupon if given (``user_id`` None: an anonymous caller). The payments issue charges exactly this."""
+    the coupon if given (``user_id`` None: an anonymous caller). This is the only price path: the payments
+    issue charges exactly what it answers."""
     currency = check_currency(currency, "currency")
     plan_terms = None
     if plan_code is not None:
@@ -1437,6 +1345,13 @@ async def _redemption_of(session: AsyncSession, order_id: str) -> CouponRedempti
     )
 
 
+async def _lock_coupon_of(session: AsyncSession, reservation: CouponRedemption) -> Coupon:
+    """The reservation's coupon, locked: its uses change one transaction at a time."""
+    coupon = await _locked(session, select(Coupon).where(Coupon.id == reservation.coupon_id))
+    assert coupon is not None  # coupons are never deleted
+    return coupon
+
+
 async def reserve_coupon(
     session: AsyncSession,
     *,
@@ -1456,7 +1371,7 @@ async def reserve_coupon(
         raise InvalidRequest(
             "A reservation must expire in the future.", code="invalid_expiry", param="expires_at"
         )
-    coupon = await _lock_coupon(session, code=code)
+    coupon = await get_coupon(session, code, lock=True)
     existing = await _redemption_of(session, order_id)
     if existing is not None:
         if existing.coupon_id != coupon.id or existing.user_id != user_id:
@@ -1509,7 +1424,7 @@ async def redeem_reservation(
         raise NotFound(
             f"Order {order_id} holds no coupon reservation.", code="reservation_not_found", param="order_id"
         )
-    coupon = await _lock_coupon(session, coupon_id=found.coupon_id)
+    coupon = await _lock_coupon_of(session, found)
     reservation = await _redemption_of(session, order_id)
     assert reservation is not None  # redemptions are never deleted
     if reservation.status == "redeemed":
@@ -1531,7 +1446,7 @@ async def release_reservation(
     found = await _redemption_of(session, order_id)
     if found is None:
         return None
-    await _lock_coupon(session, coupon_id=found.coupon_id)
+    await _lock_coupon_of(session, found)
     reservation = await _redemption_of(session, order_id)
     assert reservation is not None
     if reservation.status == "redeemed":
@@ -1544,3 +1459,42 @@ async def release_reservation(
         reservation.status, reservation.released_at = "released", now
         await session.flush()
     return reservation
+
+
+# ---------------------------------------------------------------- seeding (``prepaid demo``)
+
+
+@dataclass(frozen=True)
+class CatalogSeed:
+    """A catalog to seed: plans, meters and coupons as the arguments of ``create_plan``, ``create_meter`` and
+    ``create_coupon`` (without ``actor``), unit prices, and slabs."""
+
+    plans: Sequence[Mapping[str, Any]] = ()
+    unit_prices: Sequence[UnitPriceInput] = ()
+    slabs: Sequence[SlabInput] = ()
+    meters: Sequence[Mapping[str, Any]] = ()
+    coupons: Sequence[Mapping[str, Any]] = ()
+
+
+async def seed_catalog(session: AsyncSession, *, actor: audit_service.Actor, seed: CatalogSeed) -> None:
+    """Add what the catalog lacks, idempotently: plans, meters and coupons by code, unit prices by currency,
+    and the slabs only when there are none. What exists is left as it is, so an admin's later changes survive
+    a second run. Each addition is an ordinary create (validated, and in the audit log)."""
+    for plan in seed.plans:
+        if await session.scalar(select(Plan.id).where(Plan.code == normalize_code(plan["code"]))) is None:
+            await create_plan(session, actor=actor, **plan)
+    current = await list_unit_prices(session)
+    have = {price.currency for price in current}
+    missing = [price for price in seed.unit_prices if price.currency not in have]
+    if missing:
+        kept = [UnitPriceInput(p.currency, p.unit_amount, p.min_quantity, p.max_quantity) for p in current]
+        await replace_unit_prices(session, actor=actor, prices=kept + missing)
+    if seed.slabs and not await discount_slabs(session):
+        await replace_discount_slabs(session, actor=actor, slabs=seed.slabs)
+    for meter in seed.meters:
+        if await session.scalar(select(Meter.id).where(Meter.code == normalize_code(meter["code"]))) is None:
+            await create_meter(session, actor=actor, **meter)
+    for coupon in seed.coupons:
+        code = normalize_coupon_code(coupon["code"])
+        if await session.scalar(select(Coupon.id).where(Coupon.code == code)) is None:
+            await create_coupon(session, actor=actor, **coupon)

@@ -2,13 +2,16 @@
 
 ``build_gateways(settings)`` makes the adapters of the real gateways named in ``PREPAID_GATEWAYS``
 (``razorpay``, ``stripe``) and refuses, naming the missing settings, a gateway enabled without its keys. The
-built-in ``sandbox`` gateway is not built here: it lives beside the orders it pays.
+built-in ``sandbox`` gateway (``sandbox.py``) is built here too: it needs no keys (its secrets are derived from
+``PREPAID_SECRET_KEY``) and writes its own tables through ``database`` (the app's), or through a database of its
+own opened from ``PREPAID_DATABASE_URL`` when none is given.
 """
 
 from __future__ import annotations
 
 from pydantic import SecretStr
 
+from prepaid.db import Database
 from prepaid.payments.gateways.base import (
     EventType,
     Gateway,
@@ -77,13 +80,17 @@ def _api_base(name: str, value: str) -> str:
     return value
 
 
-def build_gateways(settings: Settings) -> dict[str, Gateway]:
-    """The real gateways enabled in the settings, by name. Refuses (``GatewayNotConfigured``) an enabled gateway
+def build_gateways(settings: Settings, *, database: Database | None = None) -> dict[str, Gateway]:
+    """The gateways enabled in the settings, by name. Refuses (``GatewayNotConfigured``) an enabled gateway
     without its keys, and a production server whose API base is not https."""
     gateways: dict[str, Gateway] = {}
     production = settings.env == "production"
     for name in settings.gateway_names:
-        if name == "razorpay":
+        if name == "sandbox":
+            from prepaid.payments.gateways.sandbox import SandboxGateway
+
+            gateways[name] = SandboxGateway.from_settings(settings, database=database)
+        elif name == "razorpay":
             from prepaid.payments.gateways.razorpay import RazorpayGateway
 
             keys = {
