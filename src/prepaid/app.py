@@ -28,9 +28,11 @@ from prepaid.ledger import service as ledger_service
 from prepaid.ledger.api import router as ledger_router
 from prepaid.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware, UnhandledErrorMiddleware
 from prepaid.notify import jobs as notify_jobs
+from prepaid.notify.api import router as notify_router
 from prepaid.notify.email import build_mailer
 from prepaid.observability import RequestContextMiddleware, configure_logging, log, metrics_payload
 from prepaid.payments import api as payments_api
+from prepaid.payments import checkout_pages, guest, reconcile
 from prepaid.payments import jobs as payments_jobs
 from prepaid.payments.gateways import build_gateways, sandbox, sandbox_pages
 from prepaid.ratelimit import RateLimiter
@@ -126,6 +128,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 Job("lot_expiry", ledger_jobs.sweep_expired_lots),
                 Job("order_expiry", payments_jobs.expire_orders),
                 Job("gateway_events", payments_jobs.process_events),
+                Job("reconcile", reconcile.reconcile_job(gateways)),  # reconciliation: pending orders
+                Job("guest_notifications", guest.notify_paid_guests),  # guest checkout: claim links
+                Job("refunds", payments_jobs.refund_job(gateways)),  # refunds: send again
+                Job("payment_failure_alert", notify_jobs.failure_alert_job()),  # notifications
                 *(
                     [Job("sandbox_webhooks", sandbox.deliver_webhooks)]
                     if "sandbox" in settings.gateway_names
@@ -164,9 +170,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit_router, dependencies=v1)
     app.include_router(ledger_router, dependencies=v1)
     app.include_router(catalog_router, dependencies=v1)
+    app.include_router(notify_router, dependencies=v1)  # in-app notifications
     # Orders resolve their caller in a read-only transaction (gateway calls must not hold a write lock).
     app.include_router(payments_api.router, dependencies=[Depends(payments_api.limit_by_caller)])
     app.include_router(payments_api.webhooks)  # authenticated by the gateway's signature alone
+    app.include_router(reconcile.router, dependencies=v1)  # GET /v1/admin/gateway_orders
+    # POST /v1/guest_orders (PREPAID_GUEST_CHECKOUT): like orders, the caller is resolved read-only
+    app.include_router(guest.router, dependencies=[Depends(payments_api.limit_by_caller)])
+    app.include_router(checkout_pages.router)  # return page, order status, checkout_url, guest claim
     app.include_router(_ops_router())
     app.include_router(web_router)
     if "sandbox" in settings.gateway_names:

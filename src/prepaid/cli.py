@@ -1,4 +1,4 @@
-"""The ``prepaid`` command: serve, migrate, create-admin, demo."""
+"""The ``prepaid`` command: serve, migrate, create-admin, demo, check, reconcile."""
 
 from __future__ import annotations
 
@@ -73,6 +73,22 @@ async def _schema_is_current(settings: Settings) -> tuple[str | None, str | None
         await engine.dispose()
 
 
+def _check_gateways(settings: Settings) -> None:
+    """An enabled gateway without its keys stops the start here, naming the settings to set, rather than
+    failing inside each worker's startup."""
+    from prepaid.payments.gateways import GatewayNotConfigured, build_gateways
+
+    async def build_and_close() -> None:
+        for gateway in build_gateways(settings).values():
+            await gateway.aclose()
+
+    try:
+        asyncio.run(build_and_close())
+    except GatewayNotConfigured as error:
+        err.print(f"[bold red]Configuration error:[/] {error}")
+        raise typer.Exit(2) from None
+
+
 def _run_server(settings: Settings, host: str, port: int, workers: int) -> None:
     import uvicorn
 
@@ -94,6 +110,7 @@ def _run_server(settings: Settings, host: str, port: int, workers: int) -> None:
         )
         raise typer.Exit(2)
     _check_credit_scale(settings)
+    _check_gateways(settings)
     metrics_dir = None
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker writes its metrics here; /metrics aggregates them.
@@ -242,6 +259,106 @@ def check() -> None:
         table.add_column(column)
     for breach in breaches:
         table.add_row(breach.invariant, breach.subject, breach.detail)
+    console.print(table)
+    raise typer.Exit(1)
+
+
+# ---- reconcile (payments: the gateway's orders beside ours)
+
+
+@app.command()
+def reconcile(
+    gateway: Annotated[str | None, typer.Option(help="One gateway (default: every enabled one).")] = None,
+    hours: Annotated[
+        int, typer.Option(min=1, max=744, help="List the gateway's orders of the last N hours.")
+    ] = 24,
+    settle: Annotated[
+        bool, typer.Option(help="Settle unpaid orders the gateway says are paid or failed.")
+    ] = True,
+) -> None:
+    """Settle orders still pending by asking their gateway, then list the gateway's orders beside ours; exits 1
+    when mismatches remain."""
+    from datetime import timedelta
+
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from prepaid.db import open_database, utcnow
+    from prepaid.payments import reconcile as reconciliation
+    from prepaid.payments.gateways import build_gateways
+
+    settings = _settings()
+
+    async def run() -> tuple[list[reconciliation.Settled], list[reconciliation.GatewayOrderCompared]]:
+        db = open_database(settings.database_url)
+        gateways = build_gateways(settings, database=db)
+        chosen = {name: gw for name, gw in gateways.items() if gateway in (None, name)}
+        if gateway is not None and not chosen:
+            raise typer.BadParameter(f"{gateway} is not enabled (PREPAID_GATEWAYS={settings.gateways}).")
+        settled: list[reconciliation.Settled] = []
+        rows: list[reconciliation.GatewayOrderCompared] = []
+        try:
+            with Progress(console=console, transient=False) as progress:
+                if settle:
+                    task = progress.add_task("Settling pending orders", total=None)
+                    while True:
+                        before = len(settled)
+
+                        def grow(count: int, before: int = before) -> None:
+                            progress.update(task, total=before + count)
+
+                        batch = await reconciliation.reconcile_pending(
+                            db,
+                            chosen,
+                            settings,
+                            on_start=grow,
+                            on_done=lambda _s: progress.advance(task),
+                        )
+                        settled += batch
+                        if len(batch) < reconciliation.BATCH:
+                            break
+                    progress.update(task, total=len(settled), completed=len(settled))
+                listing = progress.add_task("Comparing with the gateways", total=len(chosen))
+                now = utcnow()
+                for gw in chosen.values():
+                    found, _more = await reconciliation.compare_gateway_orders(
+                        db, gw, since=now - timedelta(hours=hours), until=now, limit=1000
+                    )
+                    rows += found
+                    progress.advance(listing)
+        finally:
+            for gw in gateways.values():
+                await gw.aclose()
+            await db.dispose()
+        return settled, rows
+
+    try:
+        settled, rows = asyncio.run(run())
+    except typer.BadParameter:
+        raise
+    except Exception as error:
+        err.print(f"[bold red]Cannot reconcile:[/] {type(error).__name__}: {error}")
+        raise typer.Exit(2) from None
+    changed = [item for item in settled if item.result != item.before]
+    console.print(f"Asked about {len(settled)} pending attempt(s); {len(changed)} order(s) settled.")
+    for item in changed:
+        console.print(f"  {item.order_id} ({item.gateway}): {item.before} -> {item.result}")
+    mismatched = [row for row in rows if row.mismatches]
+    console.print(f"Compared {len(rows)} gateway order(s); {len(mismatched)} with mismatches.")
+    if not mismatched:
+        return
+    table = Table(title="Mismatches")
+    for column in ("gateway", "gateway order", "gateway status", "order", "order status", "mismatches"):
+        table.add_column(column, overflow="fold")  # ids whole, even in a narrow terminal
+    for row in mismatched:
+        table.add_row(
+            row.gateway,
+            row.gateway_order_id,
+            row.gateway_status or "-",
+            row.order_id or "-",
+            row.order_status or "-",
+            ", ".join(row.mismatches),
+        )
     console.print(table)
     raise typer.Exit(1)
 

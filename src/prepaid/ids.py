@@ -20,6 +20,9 @@ PREFIXES = frozenset(
     | {"cpn", "cpa", "rsv"}  # catalog: coupons, their assignments, redemption reservations
     | {"sbx"}  # the sandbox gateway: order_sbx_, pay_sbx_, rfnd_sbx_, evt_sbx_, whd_sbx_
     | {"ord", "att", "evt"}  # payments: orders, attempts, gateway events (the webhook inbox)
+    | {"dsp", "dsm"}  # payments: disputes and chargebacks, their messages
+    | {"rfd"}  # payments: refunds
+    | {"ntf"}  # notify: in-app notifications
 )
 
 

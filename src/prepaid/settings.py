@@ -79,6 +79,16 @@ class Settings(BaseSettings):
     idempotency_ttl: int = Field(default=24 * 3600, ge=60)
     # Seconds a pending order waits for its payment before it expires and its coupon reservation is released.
     order_ttl: int = Field(default=30 * 60, ge=60, le=7 * 24 * 3600)
+    # ---- guest checkout and reconciliation
+    # Orders with only an email, no login (POST /v1/guest_orders); off by default.
+    guest_checkout: bool = False
+    # Seconds an unpaid attempt waits before the reconciliation job first asks its gateway about it.
+    reconcile_after: int = Field(default=5 * 60, ge=0, le=24 * 3600)
+    # ---- notifications
+    # Admins are alerted (at most once an hour) when more than this percent of the payment attempts settled in
+    # the last hour failed, counted only once at least PAYMENT_FAILURE_ALERT_MIN_ATTEMPTS settled.
+    payment_failure_alert_percent: int = Field(default=50, ge=1, le=100)
+    payment_failure_alert_min_attempts: int = Field(default=10, ge=1, le=1_000_000)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     rate_limits_enabled: bool = True

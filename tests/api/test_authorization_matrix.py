@@ -44,7 +44,10 @@ from prepaid.auth import service as auth_service
 from prepaid.catalog import service as catalog_service
 from prepaid.db import Database, utcnow
 from prepaid.ledger import service as ledger_service
+from prepaid.notify import service as notify_service
 from prepaid.notify.models import OutboxMessage
+from prepaid.payments import disputes as payments_disputes
+from prepaid.payments import refunds as payments_refunds
 from prepaid.payments import service as payments_service
 from prepaid.payments.gateways import sandbox
 from prepaid.settings import Settings
@@ -124,6 +127,19 @@ POST    /v1/orders/{order_id}/verify          401   200   404    200    403     
 POST    /v1/orders/{order_id}/retry           401   200   404    200    403        403          200     200
 POST    /v1/orders/{order_id}/cancel          401   200   404    200    403        403          200     200
 POST    /v1/webhooks/{gateway}                200   200   200    200    200        200          200     200
+GET     /v1/admin/gateway_orders              401   403   403    200    403        403          403     200
+POST    /v1/guest_orders                      404   404   404    404    404        404          404     404
+POST    /v1/orders/{order_id}/refunds     401   403   403    201    403        403          403     201
+GET     /v1/refunds                           401   403   403    200    403        403          403     200
+GET     /v1/refunds/{refund_id}               401   403   403    200    403        403          403     200
+POST    /v1/disputes                          401   201   404    201    403        403          201     201
+GET     /v1/disputes                          401   200   200    200    403        200          200     200
+GET     /v1/disputes/{dispute_id}             401   200   404    200    403        200          200     200
+POST    /v1/disputes/{dispute_id}/messages    401   201   404    201    403        403          201     201
+POST    /v1/disputes/{dispute_id}/resolve     401   403   403    200    403        403          403     200
+GET     /v1/notifications                     401   200   200    200    403        403          403     403
+POST    /v1/notifications/{notification_id}/read  401  200  404  404  403  403  403  403
+DELETE  /v1/notifications/{notification_id}   401   200   404    404    403        403          403     403
 """
 
 ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found"}
@@ -675,6 +691,128 @@ async def _webhook(world: World, role: str) -> Call:
     return Call("/v1/webhooks/sandbox", content=raw, headers=headers)
 
 
+# ---------------------------------------------------------------- reconciliation and guest checkout
+
+
+async def _gateway_orders(world: World, role: str) -> Call:
+    await _sandbox_order(world)
+    return Call("/v1/admin/gateway_orders?gateway=sandbox")
+
+
+async def _guest_order(world: World, role: str) -> Call:
+    """Guest checkout is off by default (PREPAID_GUEST_CHECKOUT): the route answers 404 to every caller."""
+    purchase = await _matrix_purchase(world)
+    return Call("/v1/guest_orders", {**purchase, "email": f"guest-{secrets.token_hex(4)}@example.com"})
+
+
+# ---------------------------------------------------------------- notifications (the first user's own)
+
+
+async def _user_notification(world: World) -> str:
+    async with world.db.transaction() as session:
+        made = await notify_service.notify(
+            session,
+            user_id=world.user.id,
+            kind="low_balance",
+            data={"wallet_id": "wal_matrix", "balance": 5, "threshold": 10},
+        )
+    assert made is not None
+    return made.id
+
+
+async def _notifications(world: World, role: str) -> Call:
+    return Call("/v1/notifications?unread=true")
+
+
+async def _read_notification(world: World, role: str) -> Call:
+    return Call(f"/v1/notifications/{await _user_notification(world)}/read", {})
+
+
+async def _delete_notification(world: World, role: str) -> Call:
+    return Call(f"/v1/notifications/{await _user_notification(world)}")
+
+
+# ---------------------------------------------------------------- disputes (on the first user's sandbox orders)
+
+
+async def _user_dispute(world: World) -> str:
+    order_id, _attempt = await _sandbox_order(world)
+    async with world.db.transaction() as session:
+        dispute = await payments_disputes.open_dispute(
+            session,
+            order_id=order_id,
+            category="other",
+            message="Something is off.",
+            author_id=world.user.id,
+            author_role="customer",
+            owner_id=world.user.id,
+            now=utcnow(),
+        )
+    return dispute.id
+
+
+async def _create_dispute(world: World, role: str) -> Call:
+    order_id, _attempt = await _sandbox_order(world)
+    return Call("/v1/disputes", {"order": order_id, "category": "not_credited", "message": "No credits."})
+
+
+async def _disputes(world: World, role: str) -> Call:
+    return Call("/v1/disputes")
+
+
+async def _dispute(world: World, role: str) -> Call:
+    return Call(f"/v1/disputes/{await _user_dispute(world)}")
+
+
+async def _dispute_message(world: World, role: str) -> Call:
+    return Call(f"/v1/disputes/{await _user_dispute(world)}/messages", {"message": "Any news?"})
+
+
+async def _resolve_dispute(world: World, role: str) -> Call:
+    return Call(f"/v1/disputes/{await _user_dispute(world)}/resolve", {"resolution": "reject", "note": "No."})
+
+
+# ---------------------------------------------------------------- refunds (admins', on a paid sandbox order)
+
+
+async def _paid_sandbox_order(world: World) -> str:
+    order_id, attempt = await _sandbox_order(world)
+    gateway = world.app.state.gateways["sandbox"]
+    card = sandbox.read_card("4111 1111 1111 1111", "12/40", "123", "Matrix", today=date.today())
+    settled = await sandbox.pay(
+        world.db, gateway.config, attempt, method="card", outcome="captured", card=card
+    )
+    await payments_service.verify_order(
+        world.db,
+        order_id=order_id,
+        attempt_id=None,
+        fields=dict(httpx.URL(settled.redirect_url).params),
+        gateways=world.app.state.gateways,
+    )
+    return order_id
+
+
+async def _create_refund(world: World, role: str) -> Call:
+    return Call(f"/v1/orders/{await _paid_sandbox_order(world)}/refunds", {"amount": 100, "clawback": "none"})
+
+
+async def _refunds(world: World, role: str) -> Call:
+    return Call("/v1/refunds?status=processed")
+
+
+async def _refund(world: World, role: str) -> Call:
+    refund = await payments_refunds.place_refund(
+        world.db,
+        order_id=await _paid_sandbox_order(world),
+        amount=100,
+        reason=None,
+        clawback="none",
+        gateways=world.app.state.gateways,
+        actor=None,
+    )
+    return Call(f"/v1/refunds/{refund.id}")
+
+
 REQUESTS: dict[tuple[str, str], Prepare] = {
     ("POST", "/v1/auth/register"): _register,
     ("POST", "/v1/auth/login"): _login,
@@ -745,6 +883,19 @@ REQUESTS: dict[tuple[str, str], Prepare] = {
     ("POST", "/v1/orders/{order_id}/retry"): _retry_order,
     ("POST", "/v1/orders/{order_id}/cancel"): _cancel_order,
     ("POST", "/v1/webhooks/{gateway}"): _webhook,
+    ("GET", "/v1/admin/gateway_orders"): _gateway_orders,
+    ("POST", "/v1/guest_orders"): _guest_order,
+    ("POST", "/v1/orders/{order_id}/refunds"): _create_refund,
+    ("GET", "/v1/refunds"): _refunds,
+    ("GET", "/v1/refunds/{refund_id}"): _refund,
+    ("POST", "/v1/disputes"): _create_dispute,
+    ("GET", "/v1/disputes"): _disputes,
+    ("GET", "/v1/disputes/{dispute_id}"): _dispute,
+    ("POST", "/v1/disputes/{dispute_id}/messages"): _dispute_message,
+    ("POST", "/v1/disputes/{dispute_id}/resolve"): _resolve_dispute,
+    ("GET", "/v1/notifications"): _notifications,
+    ("POST", "/v1/notifications/{notification_id}/read"): _read_notification,
+    ("DELETE", "/v1/notifications/{notification_id}"): _delete_notification,
 }
 
 # Operations whose success changes the callers themselves (deleting your account ends your keys too): each

@@ -119,10 +119,27 @@ def test_production_start_refuses_the_sandbox_gateway(servers: ServerFactory, tm
     assert "the sandbox gateway cannot be enabled in production (PREPAID_GATEWAYS)" in result.output
 
 
+def test_serve_refuses_an_enabled_gateway_without_its_keys(servers: ServerFactory, tmp_path: Path) -> None:
+    env = servers.env(servers.sqlite_url(), free_port(), PREPAID_GATEWAYS="sandbox,razorpay")
+    env["PREPAID_RAZORPAY_KEY_ID"] = "rzp_test_abc"
+    servers.migrate(env)
+    result = run_prepaid("serve", env=env, cwd=tmp_path, timeout=REFUSAL_TIMEOUT)
+    assert result.returncode == 2, result.output
+    flat = " ".join(result.output.split())
+    assert "Configuration error: The razorpay gateway is enabled" in flat
+    assert "PREPAID_RAZORPAY_KEY_SECRET, PREPAID_RAZORPAY_WEBHOOK_SECRET are not set" in flat
+    assert "Traceback" not in result.output
+
+
 def test_production_start_with_a_strong_secret_serves(servers: ServerFactory) -> None:
     """The other side of the refusals above: the same production settings with a strong secret start."""
     server = servers.serve(
-        PREPAID_ENV="production", PREPAID_GATEWAYS="stripe", PREPAID_SMTP_URL="smtp://127.0.0.1:25"
+        PREPAID_ENV="production",
+        PREPAID_GATEWAYS="stripe",
+        PREPAID_SMTP_URL="smtp://127.0.0.1:25",
+        STRIPE_SECRET_KEY="sk_test_" + "x" * 24,
+        STRIPE_PUBLISHABLE_KEY="pk_test_" + "x" * 24,
+        STRIPE_WEBHOOK_SECRET="whsec_" + "x" * 24,
     )
     with server.client() as http:
         assert http.get("/readyz").json() == {"status": "ok", "database": "ok"}

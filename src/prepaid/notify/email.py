@@ -8,6 +8,7 @@ production) and ``memory`` (keeps messages in a list, for tests).
 from __future__ import annotations
 
 import sys
+from decimal import Decimal
 from email.message import EmailMessage
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -15,7 +16,31 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiosmtplib
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from prepaid.money import CURRENCY_MINOR_UNITS, to_display
 from prepaid.settings import Settings
+
+_SYMBOLS = {"INR": "\u20b9", "USD": "$", "EUR": "\u20ac", "GBP": "\u00a3", "JPY": "\u00a5"}
+
+
+def format_money(amount: int, currency: str) -> str:
+    """``49900, "INR"`` -> ``\u20b9499.00``; a currency without a well-known symbol keeps its code
+    (``12.00 AUD``). The amount is in the currency's minor unit."""
+    code = currency.upper()
+    digits = CURRENCY_MINOR_UNITS.get(code, 2)
+    number = f"{to_display(abs(amount), digits):,.{digits}f}"
+    sign = "-" if amount < 0 else ""
+    symbol = _SYMBOLS.get(code)
+    return f"{sign}{symbol}{number}" if symbol else f"{sign}{number} {code}"
+
+
+def format_credits(amount: int, scale: int) -> str:
+    """Credits in the credit asset's smallest unit, shown whole: ``1500000`` at scale 6 -> ``1.5``; thousands
+    separated (``12,000``)."""
+    value = to_display(amount, scale)
+    if value == value.to_integral_value():
+        return f"{value.quantize(Decimal(1)):,f}"
+    return f"{value.normalize():,f}"
+
 
 _templates = Environment(
     loader=PackageLoader("prepaid.notify", "templates"),
@@ -23,6 +48,22 @@ _templates = Environment(
     undefined=StrictUndefined,
     keep_trailing_newline=True,
 )
+_templates.filters["money"] = format_money
+_templates.filters["credits"] = format_credits
+
+
+def presentation_context(settings: Settings) -> dict[str, Any]:
+    """What every notification template may use besides its own payload: the server's public address (links)
+    and the credit scale (to show credits)."""
+    return {"base_url": settings.base_url.rstrip("/"), "credit_scale": settings.credit_scale}
+
+
+def render_inapp(*, kind: str, data: dict[str, Any], settings: Settings) -> tuple[str, str]:
+    """An in-app notification's ``(title, body)``: ``inapp/{kind}.txt``, whose first line is the title."""
+    context = {**presentation_context(settings), "kind": kind, "data": data}
+    text = _templates.get_template(f"inapp/{kind}.txt").render(context).strip()
+    title, _, body = text.partition("\n")
+    return title.strip(), body.strip()
 
 
 def render_email(

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, Integer, String, Text
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from prepaid.db import Base, JSONType, UTCDateTime, utcnow
@@ -31,3 +31,32 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Notification(Base):
+    """An in-app notification of one user: a ``kind`` (``service.KINDS``) and its facts (``data``: ids and
+    integer amounts, formatted when shown). ``dedupe_key``, when set, makes a second notification of the same
+    fact for the same user a no-op (``service.notify``)."""
+
+    __tablename__ = "notify_notification"
+    __table_args__ = (
+        Index("ix_notify_notification_user_id_id", "user_id", "id"),
+        UniqueConstraint("user_id", "dedupe_key", name="uq_notify_notification_user_id_dedupe_key"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(32), ForeignKey("auth_user.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(40))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    dedupe_key: Mapped[str | None] = mapped_column(String(200))
+    read_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AlertMark(Base):
+    """When an admin alert of one ``name`` last fired (the failure-rate alert fires at most once an hour)."""
+
+    __tablename__ = "notify_alert_mark"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fired_at: Mapped[datetime] = mapped_column(UTCDateTime)

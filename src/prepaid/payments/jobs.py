@@ -3,11 +3,13 @@ coupon reservations), and process stored webhook events whose processing failed 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 
 from prepaid.db import Database, utcnow
 from prepaid.observability import log
-from prepaid.payments import service
+from prepaid.payments import refunds, service
+from prepaid.payments.gateways import Gateway
 from prepaid.settings import Settings
 
 # An event is first processed by the request that stored it; the job takes only those left behind.
@@ -34,3 +36,26 @@ async def process_events(db: Database, _settings: Settings) -> int:
                     session, event_row_id=event_id, error=f"{type(error).__name__}: {error}"
                 )
     return done
+
+
+# ---------------------------------------------------------------- refunds
+
+
+def refund_job(gateways: Mapping[str, Gateway]) -> Callable[[Database, Settings], Awaitable[int]]:
+    """Send again the refunds still ``created`` (the gateway errored, or the process stopped before sending;
+    the automatic refunds of duplicate payments start here): the same refund id as the idempotency key, so a
+    refund the gateway did make but whose answer was lost is never made twice."""
+
+    async def send_refunds(db: Database, _settings: Settings) -> int:
+        async with db.transaction() as session:
+            due = await refunds.due_refunds(session, now=utcnow())
+        done = 0
+        for refund_id in due:
+            try:
+                refund = await refunds.send_refund(db, refund_id=refund_id, gateways=gateways)
+                done += refund.status != "created"
+            except Exception as error:  # one bad refund must not stop the others; it is tried again later
+                log.warning("refund_send_failed", refund_id=refund_id, error_type=type(error).__name__)
+        return done
+
+    return send_refunds

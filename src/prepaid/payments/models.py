@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     ForeignKey,
     Index,
@@ -102,6 +103,7 @@ class PaymentAttempt(Base):
         CheckConstraint(_one_of("status", ATTEMPT_STATUSES), name="status"),
         UniqueConstraint("order_id", "attempt_number"),
         UniqueConstraint("gateway", "gateway_order_id"),
+        Index("ix_payment_attempt_updated_at", "updated_at"),  # notifications: the failure-rate alert
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -146,3 +148,177 @@ class PaymentGatewayEvent(Base):
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     process_attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(String(1000))
+
+
+# ---------------------------------------------------------------- disputes (payments/disputes.py holds the rules)
+
+DISPUTE_KINDS = ("customer", "chargeback")
+DISPUTE_CATEGORIES = (
+    "not_credited",
+    "wrong_amount",
+    "duplicate_charge",
+    "refund_request",
+    "other",
+    "chargeback",
+)
+DISPUTE_STATUSES = ("open", "resolved", "rejected", "won", "lost")
+
+
+class PaymentDispute(Base):
+    """A customer's dispute about an order (``kind`` customer: a category, a message thread, an admin's
+    resolution), or a gateway chargeback (``kind`` chargeback: opened by the gateway's webhook, unique per
+    gateway dispute id, the order's credits held in ``hold_id`` until won or lost)."""
+
+    __tablename__ = "payment_dispute"
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", DISPUTE_KINDS), name="kind"),
+        CheckConstraint(_one_of("category", DISPUTE_CATEGORIES), name="category"),
+        CheckConstraint(_one_of("status", DISPUTE_STATUSES), name="status"),
+        CheckConstraint("granted_credits >= 0 AND held_credits >= 0", name="credits_non_negative"),
+        UniqueConstraint("gateway", "gateway_dispute_id"),
+        Index("ix_payment_dispute_order_id", "order_id"),
+        Index("ix_payment_dispute_user_id", "user_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("payment_order.id"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("auth_user.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    category: Mapped[str] = mapped_column(String(24))
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    # chargebacks: the gateway's dispute, its money, its own status and reason
+    gateway: Mapped[str | None] = mapped_column(String(32))
+    gateway_dispute_id: Mapped[str | None] = mapped_column(String(255))
+    gateway_payment_id: Mapped[str | None] = mapped_column(String(255))
+    gateway_status: Mapped[str | None] = mapped_column(String(64))
+    amount: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    reason: Mapped[str | None] = mapped_column(String(500))
+    order_status_before: Mapped[str | None] = mapped_column(String(24))
+    hold_id: Mapped[str | None] = mapped_column(String(32))
+    held_credits: Mapped[int] = mapped_column(BigInteger, default=0)
+    clawback_transaction_id: Mapped[str | None] = mapped_column(String(32))
+    # the resolution (customer disputes)
+    resolution: Mapped[str | None] = mapped_column(String(16))
+    resolution_note: Mapped[str | None] = mapped_column(String(2000))
+    resolved_by: Mapped[str | None] = mapped_column(ForeignKey("auth_user.id"))
+    granted_credits: Mapped[int] = mapped_column(BigInteger, default=0)
+    grant_transaction_id: Mapped[str | None] = mapped_column(String(32))
+    refund_id: Mapped[str | None] = mapped_column(String(32))
+    override_reason: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class PaymentDisputeMessage(Base):
+    """One message of a dispute's thread: the customer's, an admin's, or the system's (``author_role``)."""
+
+    __tablename__ = "payment_dispute_message"
+    __table_args__ = (
+        CheckConstraint("author_role IN ('customer', 'admin', 'system')", name="author_role"),
+        Index("ix_payment_dispute_message_dispute_id", "dispute_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    dispute_id: Mapped[str] = mapped_column(ForeignKey("payment_dispute.id"))
+    author_id: Mapped[str | None] = mapped_column(ForeignKey("auth_user.id"))
+    author_role: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(String(5000))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# ---- guest checkout and reconciliation (issue 5: return page, checkout_url, guest checkout, reconciliation)
+
+
+class PaymentGuestOrder(Base):
+    """An order placed by a guest (an email, no login). ``new_account`` says the passwordless account was made
+    for this order: only such an account, still without a password, is ever offered a claim link.
+    ``notified_at`` is set once the email about the credits (a claim link, or a plain notice) is queued."""
+
+    __tablename__ = "payment_guest_order"
+    __table_args__ = (
+        Index("ix_payment_guest_order_user_id", "user_id"),
+        Index("ix_payment_guest_order_notified_at", "notified_at"),
+    )
+
+    order_id: Mapped[str] = mapped_column(ForeignKey("payment_order.id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("auth_user.id"))
+    email: Mapped[str] = mapped_column(String(320))
+    new_account: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class PaymentReconciliation(Base):
+    """When the reconciliation job last asked the gateway about an attempt still unpaid, and when it asks
+    next (backing off), so a stuck order is not asked about on every run."""
+
+    __tablename__ = "payment_reconciliation"
+    __table_args__ = (Index("ix_payment_reconciliation_next_check_at", "next_check_at"),)
+
+    attempt_id: Mapped[str] = mapped_column(ForeignKey("payment_attempt.id"), primary_key=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("payment_order.id"))
+    checks: Mapped[int] = mapped_column(Integer, default=0)
+    last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_check_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_result: Mapped[str | None] = mapped_column(String(500))
+
+
+# ---------------------------------------------------------------- refunds (payments/refunds.py holds the rules)
+
+REFUND_STATUSES = ("created", "pending", "processed", "failed")
+REFUND_KINDS = ("admin", "duplicate_payment")
+CLAWBACK_POLICIES = ("available", "negative", "none")
+
+
+class PaymentRefund(Base):
+    """Money given back for one captured payment of an order. Written and committed (``created``) before the
+    gateway is asked; its id is the gateway's idempotency key. ``pending`` once the gateway accepted it and
+    has not settled it yet; ``processed`` or ``failed`` for good. ``credits`` is what the refund takes back in
+    proportion to the money (kept under the ``none`` policy too, as bookkeeping:
+    ``credits_taken`` says what was actually taken); ``credits_held`` what was reserved at creation
+    (``hold_id``). ``kind`` ``duplicate_payment`` is the automatic refund of a second captured payment
+    (``dedup_key`` makes it once per payment)."""
+
+    __tablename__ = "payment_refund"
+    __table_args__ = (
+        CheckConstraint(_one_of("status", REFUND_STATUSES), name="status"),
+        CheckConstraint(_one_of("kind", REFUND_KINDS), name="kind"),
+        CheckConstraint(_one_of("clawback", CLAWBACK_POLICIES), name="clawback"),
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint(
+            "credits >= 0 AND credits_held >= 0 AND credits_taken >= 0", name="credits_non_negative"
+        ),
+        UniqueConstraint("gateway", "gateway_refund_id"),
+        UniqueConstraint("dedup_key"),
+        Index("ix_payment_refund_order_id", "order_id"),
+        Index("ix_payment_refund_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("payment_order.id"))
+    kind: Mapped[str] = mapped_column(String(24), default="admin")
+    status: Mapped[str] = mapped_column(String(16), default="created")
+    gateway: Mapped[str] = mapped_column(String(32))
+    payment_id: Mapped[str] = mapped_column(String(255))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    reason: Mapped[str | None] = mapped_column(String(500))
+    clawback: Mapped[str] = mapped_column(String(16))
+    asset: Mapped[str] = mapped_column(String(16))
+    credits: Mapped[int] = mapped_column(BigInteger, default=0)
+    credits_held: Mapped[int] = mapped_column(BigInteger, default=0)
+    credits_taken: Mapped[int] = mapped_column(BigInteger, default=0)
+    hold_id: Mapped[str | None] = mapped_column(String(32))
+    gateway_refund_id: Mapped[str | None] = mapped_column(String(255))
+    dedup_key: Mapped[str | None] = mapped_column(String(300))
+    failure_reason: Mapped[str | None] = mapped_column(String(500))
+    send_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(String(1000))
+    created_by: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

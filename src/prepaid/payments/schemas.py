@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StringConstraints
 
 from prepaid.catalog.schemas import Code, CouponCode, Currency, Quantity
+from prepaid.ledger.schemas import Amount, Reason
 from prepaid.payments.models import PaymentAttempt, PaymentOrder
 from prepaid.schemas import Input, Output
 
@@ -136,6 +137,11 @@ class OrderRead(Output):
     user_agent: str | None
     transactions: list[str]
     checkout: CheckoutRead | None
+    checkout_url: str | None = Field(
+        default=None,
+        description="A signed page of this server that opens the gateway's checkout, for a buyer who is not "
+        "signed in (a bot sends it over chat); it expires with the order.",
+    )
     attempts: list[AttemptRead] | None = Field(
         default=None,
         description="Every attempt, oldest first (on GET /v1/orders/{id} and the order's actions).",
@@ -226,3 +232,164 @@ class WebhookReceived(Output):
     event: str
     duplicate: bool
     processed: bool
+
+
+# ---------------------------------------------------------------- refunds
+
+RefundStatusName = Literal["created", "pending", "processed", "failed"]
+ClawbackPolicy = Literal["available", "negative", "none"]
+
+
+class RefundCreate(Input):
+    """An admin's refund of an order's payment. ``amount`` (minor units of the order's currency) defaults to
+    all that is left of the payment. ``clawback`` says what happens to the credits the money bought (in
+    proportion to the money refunded, bonus included): ``available`` takes back at most what the wallet has,
+    ``negative`` takes all of them and leaves debt for what was spent, ``none`` takes nothing."""
+
+    amount: Amount | None = None
+    reason: Reason | None = None
+    clawback: ClawbackPolicy
+
+
+class RefundRead(Output):
+    object: Literal["refund"] = "refund"
+    id: str
+    order_id: str
+    kind: Literal["admin", "duplicate_payment"]
+    status: RefundStatusName
+    gateway: str
+    payment_id: str
+    gateway_refund_id: str | None
+    amount: int
+    currency: str
+    reason: str | None
+    clawback: ClawbackPolicy
+    asset: str
+    credits: int = Field(description="Credits the refund takes back in proportion to the money refunded.")
+    credits_held: int = Field(description="Credits reserved when the refund was created.")
+    credits_taken: int = Field(description="Credits actually taken back when it was processed.")
+    failure_reason: str | None
+    send_attempts: int
+    last_error: str | None
+    created_by: str | None
+    created_at: datetime
+    processed_at: datetime | None
+    failed_at: datetime | None
+
+    @classmethod
+    def of(cls, refund: Any) -> RefundRead:
+        return cls.model_validate(refund)
+
+
+# ---------------------------------------------------------------- disputes
+
+DisputeCategory = Literal["not_credited", "wrong_amount", "duplicate_charge", "refund_request", "other"]
+DisputeStatusName = Literal["open", "resolved", "rejected", "won", "lost"]
+DisputeKind = Literal["customer", "chargeback"]
+# Text a person writes: not blank, no NUL (PostgreSQL refuses it in text).
+MessageText = Annotated[
+    str, StringConstraints(min_length=1, max_length=5000, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")
+]
+NoteText = Annotated[
+    str, StringConstraints(min_length=1, max_length=2000, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")
+]
+OverrideReason = Annotated[
+    str, StringConstraints(min_length=1, max_length=500, pattern=r"^[^\x00]*[^\s\x00][^\x00]*$")
+]
+
+
+class DisputeCreate(Input):
+    """A dispute on one of your orders: what went wrong (``category``) and a first ``message``. Admins and
+    server keys with ``orders:write`` may raise one on any customer's order."""
+
+    order: Reference
+    category: DisputeCategory
+    message: MessageText
+
+
+class DisputeMessageCreate(Input):
+    message: MessageText
+
+
+class DisputeResolve(Input):
+    """An admin's decision, once: ``grant_credits`` (``not_credited``: the order is fulfilled, send no
+    ``amount``; any other category: ``amount`` credits as goodwill), ``refund`` (``amount`` in the order's
+    currency, default all that is left of the payment, with a ``clawback`` policy) or ``reject``. Granting
+    when the gateway shows no captured payment needs ``override: true`` and an ``override_reason``."""
+
+    resolution: Literal["grant_credits", "refund", "reject"]
+    note: NoteText
+    amount: Amount | None = None
+    clawback: Literal["available", "negative", "none"] = "available"
+    override: bool = False
+    override_reason: OverrideReason | None = None
+
+
+class DisputeMessageRead(Output):
+    object: Literal["dispute_message"] = "dispute_message"
+    id: str
+    author_id: str | None
+    author_role: Literal["customer", "admin", "system"]
+    body: str
+    created_at: datetime
+
+
+class GatewayPaymentRead(Output):
+    payment_id: str
+    status: str
+    amount: int
+    currency: str
+    raw_status: str
+    method: str | None
+    card_brand: str | None
+    card_last4: str | None
+    failure_reason: str | None
+    amount_refunded: int
+
+
+class GatewayViewRead(Output):
+    """The gateway's live view of one attempt of the order (admins only), or why it could not be had."""
+
+    attempt: str
+    gateway: str
+    gateway_order_id: str
+    status: str | None
+    amount: int | None
+    currency: str | None
+    amount_paid: int | None
+    payments: list[GatewayPaymentRead]
+    error: str | None
+
+
+class DisputeRead(Output):
+    object: Literal["dispute"] = "dispute"
+    id: str
+    order_id: str
+    user_id: str
+    kind: DisputeKind
+    category: str
+    status: DisputeStatusName
+    gateway: str | None
+    gateway_dispute_id: str | None
+    gateway_status: str | None
+    amount: int | None = Field(description="Chargebacks: the money disputed, in ``currency``'s minor unit.")
+    currency: str | None
+    reason: str | None
+    asset: str
+    held_credits: int = Field(description="Chargebacks: credits held until the gateway decides.")
+    resolution: str | None
+    resolution_note: str | None
+    resolved_by: str | None
+    granted_credits: int
+    grant_transaction_id: str | None
+    refund_id: str | None
+    override_reason: str | None
+    messages: list[DisputeMessageRead] | None = Field(
+        default=None, description="The thread, oldest first (on GET /v1/disputes/{id} and the actions)."
+    )
+    gateway_views: list[GatewayViewRead] | None = Field(
+        default=None, description="Admins: the gateway's live view of the order's payment (GET by id)."
+    )
+    created_at: datetime
+    updated_at: datetime
+    resolved_at: datetime | None

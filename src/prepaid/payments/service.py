@@ -37,8 +37,10 @@ from prepaid.errors import Conflict, InvalidRequest, NotFound
 from prepaid.ids import new_id
 from prepaid.ledger import service as ledger_service
 from prepaid.money import CREDIT
+from prepaid.notify import payment_notices
 from prepaid.observability import log
 from prepaid.pagination import Page, PageParams, paginate
+from prepaid.payments import refunds
 from prepaid.payments.gateways import (
     EventType,
     Gateway,
@@ -211,6 +213,10 @@ async def user_totals(session: AsyncSession, *, user_id: str) -> Totals:
     for currency, amount, granted in rows:
         spent[currency] = int(amount or 0)
         credits += int(granted or 0)
+    refunded, refunded_credits = await refunds.refunded_totals(session, user_id=user_id)  # refunds
+    for currency, amount in refunded.items():
+        spent[currency] = spent.get(currency, 0) - amount
+    credits -= refunded_credits
     return Totals(spent=dict(sorted(spent.items())), credits=credits)
 
 
@@ -292,12 +298,23 @@ async def fulfil(
         attempt.status, attempt.payment_id = "paid", payment.payment_id
     if order.status in GRANTED or order.status == "flagged":
         if payment is not None and payment.payment_id != order.payment_id:
-            _flag(
+            await _flag_and_tell(
+                session,
                 order,
                 f"duplicate_payment: {payment.payment_id} ({payment.amount} {payment.currency}) was captured "
                 f"after {order.payment_id or 'the first payment'}",
                 now,
             )
+            if order.status in GRANTED:  # refunds: the second payment goes back, once
+                await refunds.refund_duplicate_payment(
+                    session,
+                    order=order,
+                    payment_id=payment.payment_id,
+                    amount=payment.amount,
+                    currency=payment.currency,
+                    gateway=attempt.gateway if attempt is not None else None,
+                    now=now,
+                )
         return order
     if payment is None:
         if order.amount != 0:
@@ -306,7 +323,8 @@ async def fulfil(
         _record_payment(order, payment)
         if payment.currency.upper() != order.currency or payment.amount != order.amount:
             order.status = "flagged"
-            _flag(
+            await _flag_and_tell(
+                session,
                 order,
                 f"amount_mismatch: paid {payment.amount} {payment.currency.upper()}, "
                 f"the order is {order.amount} {order.currency}",
@@ -319,7 +337,7 @@ async def fulfil(
             await catalog_service.redeem_reservation(session, order.id, now=now)
         except (pricing.CouponExhausted, pricing.CouponPerUserLimit) as error:
             order.status = "flagged"
-            _flag(order, f"coupon_unavailable: {error.message}", now)
+            await _flag_and_tell(session, order, f"coupon_unavailable: {error.message}", now)
             return order
     reference = ("order", order.id)
     metadata = {"order_id": order.id, "payment_id": payment.payment_id if payment else None}
@@ -352,6 +370,7 @@ async def fulfil(
         order.bonus_transaction_id = bonus.transaction.id
     order.status, order.fulfilled_at = "fulfilled", now
     log.info("order_fulfilled", order_id=order.id, credits=order.credits, bonus_credits=order.bonus_credits)
+    await payment_notices.payment_succeeded(session, order)  # notifications: once per order
     return order
 
 
@@ -372,6 +391,7 @@ async def record_failure(
     if order.status in OPEN and attempt.attempt_number == order.attempt_count:
         order.status, order.failure_reason, order.failed_at = "failed", reason, now
         await _release_coupon(session, order, now)
+        await payment_notices.payment_failed(session, order, attempt_id=attempt.id)  # notifications
     return order
 
 
@@ -701,9 +721,11 @@ async def open_attempt(
     order: PaymentOrder,
     attempt: PaymentAttempt,
     customer_email: str | None,
+    success_url: str | None = None,
 ) -> PaymentOrder:
     """Open a committed attempt at the gateway (our attempt id is its reference and idempotency key), then
-    record the answer; a gateway error fails the attempt (and a new order) and is raised."""
+    record the answer; a gateway error fails the attempt (and a new order) and is raised. ``success_url``
+    asks a gateway with a hosted page for that redirect flow (Stripe: a Checkout Session)."""
     description = f"{order.plan_code or 'Credits'}: {order.credits} credits" + (
         f" + {order.bonus_credits} bonus" if order.bonus_credits else ""
     )
@@ -715,6 +737,7 @@ async def open_attempt(
             description=description,
             idempotency_key=attempt.id,
             customer_email=customer_email,
+            success_url=success_url,
         )
     except GatewayError as error:
         async with db.transaction() as session:
@@ -734,8 +757,11 @@ async def place_order(
     client_ip: str | None,
     user_agent: str | None,
     actor: audit_service.Actor | None = None,
+    hosted_checkout: bool = False,
 ) -> PaymentOrder:
-    """Create the order (committed), then open its first attempt at the gateway."""
+    """Create the order (committed), then open its first attempt at the gateway. ``hosted_checkout`` (a bot's
+    or a guest's order, paid through this server's pages): the gateway returns the buyer to the order's
+    return page, and Stripe opens a Checkout Session."""
     async with db.transaction() as session:
         buyer = await session.get(User, buyer_id)
         if buyer is None:
@@ -755,8 +781,19 @@ async def place_order(
     if attempt is None:
         return order
     return await open_attempt(
-        db, gateways[attempt.gateway], order=order, attempt=attempt, customer_email=email
+        db,
+        gateways[attempt.gateway],
+        order=order,
+        attempt=attempt,
+        customer_email=email,
+        success_url=hosted_return_url(settings, attempt) if hosted_checkout else None,  # ---- checkout pages
     )
+
+
+def hosted_return_url(settings: Settings, attempt: PaymentAttempt) -> str:
+    """The attempt's return page (``payments/checkout_pages.py``); Stripe fills in its session id."""
+    url = f"{settings.base_url.rstrip('/')}/orders/{attempt.id}/return"
+    return url + "?session_id={CHECKOUT_SESSION_ID}" if attempt.gateway == "stripe" else url
 
 
 async def retry_order(
@@ -945,6 +982,18 @@ async def process_event(session: AsyncSession, *, event_row_id: str, now: dateti
         return False
     row.process_attempts += 1
     data = row.data or {}
+    if row.type in refunds.REFUND_EVENTS:  # refunds: found by our refund id, not by the attempt
+        await refunds.apply_refund_event(session, row=row, now=now)
+        row.processed_at = now
+        return True
+    # ---- disputes: a chargeback's events open, win or lose it (payments/disputes.py, which imports this
+    # module, hence the import here)
+    if row.type.startswith("dispute."):
+        from prepaid.payments import disputes
+
+        row.error = await disputes.apply_chargeback_event(session, row=row, now=now)
+        row.processed_at = now
+        return True
     attempt = await _attempt_for(
         session,
         gateway=row.gateway,
@@ -1009,3 +1058,12 @@ async def unprocessed_events(session: AsyncSession, *, before: datetime, limit: 
         .limit(limit)
     )
     return list(rows)
+
+
+# ---------------------------------------------------------------- notifications (notify.payment_notices)
+
+
+async def _flag_and_tell(session: AsyncSession, order: PaymentOrder, reason: str, now: datetime) -> None:
+    """Flag the order and tell every admin (in-app and email, once per order and reason)."""
+    _flag(order, reason, now)
+    await payment_notices.order_flagged(session, order, reason)
