@@ -672,8 +672,17 @@ async def run(config: Config) -> Report:
             servers: dict[str, _server.Server] = {}
             if "http" in config.paths:
                 _say(config, f"starting prepaid serve --workers {workers} ...")
+                # Each worker's pool as large as the clients it serves at most, as the README advises; the
+                # floor app below gets the same. Together with the raw SQL path's own connections they
+                # stay under PostgreSQL's default max_connections (100).
                 servers["http"] = stack.enter_context(
-                    _server.serve(config.database_url, workers=workers, folder=folder, wait=False)
+                    _server.serve(
+                        config.database_url,
+                        workers=workers,
+                        folder=folder,
+                        wait=False,
+                        PREPAID_DB_POOL_SIZE=str(max(1, -(-max(config.concurrency) // workers))),
+                    )
                 )
             if "floor" in config.paths:
                 _say(config, f"starting the HTTP floor app with {workers} worker(s) ...")
@@ -769,6 +778,8 @@ async def _run_cell(
                 on_start=meter.start,
                 on_stop=meter.stop,
             )
+        if path == "service":
+            await db.engine.dispose()  # its connections are not left open beside the next cells' own
     return Row(wallets_label, clients, path, sample, meter.app, meter.db, meter.busy, meter.wall)
 
 

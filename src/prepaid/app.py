@@ -20,14 +20,20 @@ from prepaid.audit.api import router as audit_router
 from prepaid.auth import service as auth_service
 from prepaid.auth.api import router as auth_router
 from prepaid.catalog.api import router as catalog_router
-from prepaid.db import Database, open_database
+from prepaid.db import Database, open_database, utcnow
 from prepaid.deps import SAFE_METHODS, OptionalPrincipal, client_ip, credentials_from
 from prepaid.errors import DomainError
 from prepaid.ledger import jobs as ledger_jobs
 from prepaid.ledger import service as ledger_service
 from prepaid.ledger.api import router as ledger_router
+from prepaid.metering import low_balance as metering_low_balance  # metering: low-balance alerts
+from prepaid.metering import sessions as metering_sessions  # metering: metered sessions
+from prepaid.metering import sessions_api as metering_sessions_api  # metering: AI holds, sessions
+from prepaid.metering.api import router as metering_router
 from prepaid.middleware import BodyLimitMiddleware, SecurityHeadersMiddleware, UnhandledErrorMiddleware
+from prepaid.notify import apps_api as notify_apps_api
 from prepaid.notify import jobs as notify_jobs
+from prepaid.notify import realtime, webhooks_out
 from prepaid.notify.api import router as notify_router
 from prepaid.notify.email import build_mailer
 from prepaid.observability import RequestContextMiddleware, configure_logging, log, metrics_payload
@@ -107,7 +113,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = open_database(settings.database_url)
+        db = open_database(
+            settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+        )
         app.state.db = db
         # Built once: an enabled gateway without its keys stops the start (GatewayNotConfigured).
         gateways = build_gateways(settings, database=db)
@@ -132,6 +140,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 Job("guest_notifications", guest.notify_paid_guests),  # guest checkout: claim links
                 Job("refunds", payments_jobs.refund_job(gateways)),  # refunds: send again
                 Job("payment_failure_alert", notify_jobs.failure_alert_job()),  # notifications
+                Job("webhooks", webhooks_out.delivery_job()),  # outgoing webhooks to apps
+                Job("metered_sessions", metering_sessions.enforce_job(lambda: app.state.clock())),  # metering
+                Job("low_balance", metering_low_balance.scan_job),  # metering: low-balance alerts
                 *(
                     [Job("sandbox_webhooks", sandbox.deliver_webhooks)]
                     if "sandbox" in settings.gateway_names
@@ -140,12 +151,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
         )
         app.state.runner = runner
+        # realtime: this process's end of the stream (LISTEN/NOTIFY, Redis pub/sub, or in-process)
+        hub_context = realtime.running_hub(database_url=settings.database_url, redis_url=settings.redis_url)
+        app.state.realtime_hub = await hub_context.__aenter__()
         if settings.run_jobs:
             runner.start()
         try:
             yield
         finally:
             await runner.stop()
+            await hub_context.__aexit__(None, None, None)
             for gateway in gateways.values():
                 await gateway.aclose()
             await db.dispose()
@@ -163,6 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.rate_limiter.configure("order_create", settings.rate_limit_order_create)
     app.state.rate_limiter.configure("order_verify", settings.rate_limit_order_verify)
     app.state.mailer = mailer
+    app.state.clock = utcnow  # metering: the sessions' time source (tests replace it)
     install_error_handlers(app)
 
     v1 = [Depends(_limit_by_caller)]
@@ -171,6 +187,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ledger_router, dependencies=v1)
     app.include_router(catalog_router, dependencies=v1)
     app.include_router(notify_router, dependencies=v1)  # in-app notifications
+    app.include_router(metering_router, dependencies=v1)  # metering: customers by external id, usage
+    app.include_router(notify_apps_api.router, dependencies=v1)  # outgoing webhook endpoints (admin)
+    app.include_router(notify_apps_api.stream_router)  # the realtime WebSocket, /v1/stream
+    app.include_router(metering_sessions_api.router, dependencies=v1)  # metering: AI holds, sessions
     # Orders resolve their caller in a read-only transaction (gateway calls must not hold a write lock).
     app.include_router(payments_api.router, dependencies=[Depends(payments_api.limit_by_caller)])
     app.include_router(payments_api.webhooks)  # authenticated by the gateway's signature alone

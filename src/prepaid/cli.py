@@ -195,6 +195,9 @@ def create_admin(
         console.print(f"Password (shown once): [bold]{printed}[/]")
 
 
+DEMO_SIGNUP_CREDITS = 3
+
+
 @app.command()
 def demo(port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000) -> None:
     """Create (or reuse) a SQLite database here, seed demo data, and serve it."""
@@ -202,10 +205,13 @@ def demo(port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000) -
     from prepaid.demo import seed
 
     settings = _settings()
+    # Emailed links point at this demo's own port, and a new customer gets 3 free credits, unless set
+    # otherwise; the server process reads its settings from the environment.
     if "base_url" not in settings.model_fields_set:
-        # Emailed links point at this demo's own port; the server process reads its settings from here.
         os.environ["PREPAID_BASE_URL"] = f"http://127.0.0.1:{port}"
-        settings = _settings()
+    if "signup_credits" not in settings.model_fields_set:
+        os.environ["PREPAID_SIGNUP_CREDITS"] = str(DEMO_SIGNUP_CREDITS)
+    settings = _settings()
     _migrate(settings)
 
     async def run() -> list[tuple[str, str, str]]:

@@ -3,25 +3,45 @@
 SQLite runs in WAL mode with foreign keys on and a busy timeout. A session opened for writing starts its
 transaction with ``BEGIN IMMEDIATE``, which takes SQLite's write lock at once: two writers queue on the busy
 timeout instead of both reading and then one failing on upgrade. Read-only sessions use a plain ``BEGIN``
-so readers never wait for writers (WAL).
+so readers never wait for writers (WAL). Within one process, the write transactions of ``Database.transaction``
+also queue in order on an asyncio lock of their ``Database``, taken just before their ``BEGIN IMMEDIATE`` (at
+their first statement, exactly when SQLite's lock would be) and given back after their ``COMMIT`` or
+``ROLLBACK``: they wait their turn without polling SQLite's busy handler, while other processes (``prepaid
+check``, the CLI) still meet the busy timeout. A writer that waits longer than the busy timeout for that lock
+fails as SQLite's busy handler would (``OperationalError``, "database is locked").
+
+The pool keeps up to ``pool_size`` connections open (``PREPAID_DB_POOL_SIZE``) and opens at most
+``max_overflow`` more for bursts, closing them after (``PREPAID_DB_MAX_OVERFLOW``). A connection is pinged at
+checkout only when it sat idle in the pool for ``PING_AFTER_IDLE`` seconds or more (a dead one is replaced
+before use, as ``pool_pre_ping`` would); one in steady use is not pinged, and none is kept past
+``POOL_RECYCLE`` seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, MetaData, event
+from sqlalchemy import JSON, DateTime, MetaData, event, exc
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
+from sqlalchemy.util import await_only
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+DEFAULT_POOL_SIZE = 20
+DEFAULT_MAX_OVERFLOW = 0
+PING_AFTER_IDLE = 10.0  # seconds a pooled connection sat unused before it is pinged at checkout
+POOL_RECYCLE = 1800  # seconds: no connection is used past this age (server timeouts, failovers, leaks)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -85,15 +105,76 @@ def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
         mode = conn.get_execution_options().get("prepaid_write", False)
+        if isinstance(mode, _WriteTurn):
+            await_only(mode.take())  # runs inside the async session's greenlet, as the driver's calls do
         conn.exec_driver_sql("BEGIN IMMEDIATE" if mode else "BEGIN")
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+class _WriteTurn:
+    """One write transaction's place in its process's queue for SQLite's write lock."""
+
+    __slots__ = ("held", "lock")
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self.lock = lock
+        self.held = False
+
+    async def take(self) -> None:
+        try:
+            async with asyncio.timeout(SQLITE_BUSY_TIMEOUT_MS / 1000):
+                await self.lock.acquire()  # a wait cut short by the timeout never leaves the lock taken
+        except TimeoutError:
+            raise _database_locked() from None
+        self.held = True
+
+    def give_back(self) -> None:
+        if self.held:
+            self.held = False
+            self.lock.release()
+
+
+def _install_idle_ping(engine: AsyncEngine) -> None:
+    """A pinged checkout only for a connection that sat idle ``PING_AFTER_IDLE`` seconds: one that answers no
+    more (the server restarted, a proxy dropped it) is replaced before use. ``pool_pre_ping`` would ping on
+    every checkout, a round trip per request under load, when the connection was used a moment ago."""
+    dialect = engine.sync_engine.dialect
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:  # the record's info is cleared when its connection is replaced
+            record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            # The pool closes this connection and checks out another (a new one if need be).
+            raise exc.DisconnectionError(f"stale pooled connection: {type(error).__name__}") from error
+
+
+def create_engine(
+    url: str, *, pool_size: int = DEFAULT_POOL_SIZE, max_overflow: int = DEFAULT_MAX_OVERFLOW
+) -> AsyncEngine:
+    pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_recycle": POOL_RECYCLE}
     if is_sqlite_url(url):
-        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        if ":memory:" in url or url.rstrip("/").endswith(":"):
+            engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        else:
+            engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **pool)
         _install_sqlite_pragmas(engine)
         return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = create_async_engine(url, **pool)
+    _install_idle_ping(engine)
+    return engine
+
+
+def _database_locked() -> exc.OperationalError:
+    """What SQLite's busy handler raises when its timeout passes, for a writer queued in this process."""
+    return exc.OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
 
 
 @dataclass
@@ -103,6 +184,10 @@ class Database:
     engine: AsyncEngine
     read: async_sessionmaker[AsyncSession]
     write: async_sessionmaker[AsyncSession]
+    # SQLite: this process's write transactions, in order (one lock per event loop).
+    _write_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = field(
+        default_factory=weakref.WeakKeyDictionary, repr=False
+    )
 
     @property
     def is_sqlite(self) -> bool:
@@ -111,16 +196,35 @@ class Database:
     @asynccontextmanager
     async def transaction(self, *, write: bool = True) -> AsyncIterator[AsyncSession]:
         """One unit of work: commits when the block ends, rolls back on any exception."""
+        if write and self.is_sqlite:
+            # The turn is taken by the "begin" event when the transaction's first statement needs it.
+            turn = _WriteTurn(self._write_lock())
+            bind = self.engine.execution_options(prepaid_write=turn)
+            try:
+                async with self.write(bind=bind) as session, session.begin():
+                    yield session
+            finally:
+                turn.give_back()  # after COMMIT or ROLLBACK
+            return
         factory = self.write if write else self.read
         async with factory() as session, session.begin():
             yield session
+
+    def _write_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        lock = self._write_locks.get(loop)
+        if lock is None:
+            lock = self._write_locks[loop] = asyncio.Lock()
+        return lock
 
     async def dispose(self) -> None:
         await self.engine.dispose()
 
 
-def open_database(url: str) -> Database:
-    engine = create_engine(url)
+def open_database(
+    url: str, *, pool_size: int = DEFAULT_POOL_SIZE, max_overflow: int = DEFAULT_MAX_OVERFLOW
+) -> Database:
+    engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow)
     write_engine = engine.execution_options(prepaid_write=True)
     return Database(
         engine=engine,

@@ -23,6 +23,9 @@ PREFIXES = frozenset(
     | {"dsp", "dsm"}  # payments: disputes and chargebacks, their messages
     | {"rfd"}  # payments: refunds
     | {"ntf"}  # notify: in-app notifications
+    | {"pev", "whe", "wdl"}  # notify: stream and webhook events, webhook endpoints, webhook deliveries
+    | {"usg", "usb"}  # metering: usage events, usage batches
+    | {"ses"}  # metering: metered sessions
 )
 
 

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
 
     env: Literal["development", "production"] = "development"
     database_url: str = "sqlite+aiosqlite:///prepaid.db"
+    # Connections each server process keeps open, and how many more it may open for a burst (closed after).
+    # About the concurrent requests one process serves; mind PostgreSQL's max_connections across processes.
+    db_pool_size: int = Field(default=20, ge=1, le=1000)
+    db_max_overflow: int = Field(default=0, ge=0, le=1000)
     secret_key: str = DEV_SECRET_KEY
     base_url: str = "http://127.0.0.1:8000"
     gateways: str = "sandbox"
@@ -70,6 +74,12 @@ class Settings(BaseSettings):
     cors_origins: str = ""
     require_email_verification: bool = False
     report_tz: str = "UTC"
+    # === metering: customers by external id ===
+    # An API key with customers:write naming an unknown external_id creates that customer on first use, and
+    # grants it signup_credits whole credits (times 10**credit_scale) once, as a promotional lot.
+    auto_provision: bool = True
+    signup_credits: int = Field(default=0, ge=0, le=1_000_000_000)
+    # === end metering: customers by external id ===
 
     access_token_ttl: int = Field(default=15 * 60, ge=60)
     refresh_token_ttl: int = Field(default=30 * 24 * 3600, ge=3600)
@@ -89,6 +99,10 @@ class Settings(BaseSettings):
     # the last hour failed, counted only once at least PAYMENT_FAILURE_ALERT_MIN_ATTEMPTS settled.
     payment_failure_alert_percent: int = Field(default=50, ge=1, le=100)
     payment_failure_alert_min_attempts: int = Field(default=10, ge=1, le=1_000_000)
+    # ---- outgoing webhooks (notify/webhooks_out.py): seconds before the first retry (then doubling, for 3
+    # days), and the seconds an app's endpoint has to answer.
+    webhook_retry_base: float = Field(default=30.0, gt=0, le=3600)
+    webhook_timeout: float = Field(default=10.0, gt=0, le=60)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     rate_limits_enabled: bool = True

@@ -44,8 +44,11 @@ from prepaid.auth import service as auth_service
 from prepaid.catalog import service as catalog_service
 from prepaid.db import Database, utcnow
 from prepaid.ledger import service as ledger_service
+from prepaid.metering import ai_holds as metering_ai_holds
+from prepaid.metering import sessions as metering_sessions
+from prepaid.notify import realtime, webhooks_out
 from prepaid.notify import service as notify_service
-from prepaid.notify.models import OutboxMessage
+from prepaid.notify.models import OutboxMessage, WebhookDelivery
 from prepaid.payments import disputes as payments_disputes
 from prepaid.payments import refunds as payments_refunds
 from prepaid.payments import service as payments_service
@@ -89,7 +92,21 @@ POST    /v1/holds                             401   403   403    201    201     
 GET     /v1/holds/{hold_id}                   401   200   404    200    200        200          200     200
 POST    /v1/holds/{hold_id}/capture           401   403   403    200    200        403          200     200
 POST    /v1/holds/{hold_id}/release           401   403   403    200    200        403          200     200
+POST    /v1/ai_holds                          401   403   403    201    201        403          201     201
+POST    /v1/ai_holds/{hold_id}/capture        401   403   403    200    200        403          200     200
+POST    /v1/sessions                          401   403   403    201    201        403          201     201
+GET     /v1/sessions                          401   200   403    200    200        200          200     200
+GET     /v1/sessions/{session_id}             401   200   404    200    200        200          200     200
+POST    /v1/sessions/{session_id}/heartbeat   401   403   403    200    200        403          200     200
+POST    /v1/sessions/{session_id}/stop        401   403   403    200    200        403          200     200
 POST    /v1/transfers                         401   201   404    201    201        403          201     201
+PUT     /v1/customers/{external_id}           401   403   403    200    403        403          200     200
+GET     /v1/customers/{external_id}           401   200   404    200    403        200          200     200
+GET     /v1/customers/{external_id}/transactions  401  200  404  200  403  200  200  200
+POST    /v1/usage                             401   403   403    201    201        403          201     201
+POST    /v1/usage/batch                       401   403   403    200    200        403          200     200
+GET     /v1/usage                             401   200   403    200    403        200          200     200
+GET     /v1/usage/summary                     401   200   403    200    403        200          200     200
 GET     /v1/plans                             200   200   200    200    200        200          200     200
 POST    /v1/plans                             401   403   403    201    403        403          403     201
 GET     /v1/plans/{plan_id}                   200   200   200    200    200        200          200     200
@@ -140,6 +157,11 @@ POST    /v1/disputes/{dispute_id}/resolve     401   403   403    200    403     
 GET     /v1/notifications                     401   200   200    200    403        403          403     403
 POST    /v1/notifications/{notification_id}/read  401  200  404  404  403  403  403  403
 DELETE  /v1/notifications/{notification_id}   401   200   404    404    403        403          403     403
+POST    /v1/webhook_endpoints                 401   403   403    201    403        403          403     201
+GET     /v1/webhook_endpoints                 401   403   403    200    403        403          403     200
+DELETE  /v1/webhook_endpoints/{endpoint_id}   401   403   403    200    403        403          403     200
+GET     /v1/webhook_endpoints/{endpoint_id}/deliveries  401  403  403  200  403  403  403  200
+POST    /v1/webhook_endpoints/{endpoint_id}/deliveries/{delivery_id}/redeliver  401  403  403  201  403  403  403  201
 """
 
 ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found"}
@@ -422,6 +444,141 @@ async def _transfer(world: World, role: str) -> Call:
         target = await ledger_service.open_wallet(session, user_id=world.user.id, name="agent")
     body = {"from_wallet": source, "to_wallet": target.id, "amount": 9, "idempotency_key": _key()}
     return Call("/v1/transfers", body)
+
+
+# ---------------------------------------------------------------- metering: customers by external id, usage
+
+
+async def _external_id(world: World) -> str:
+    """The first user's external id (given one on first use), as an app names its customer."""
+    async with world.db.transaction() as session:
+        user = await auth_service.get_user(session, world.user.id)
+        if user.external_id is None:
+            user.external_id = f"matrix-{secrets.token_hex(6)}"
+        return user.external_id
+
+
+async def _put_customer(world: World, role: str) -> Call:
+    return Call(f"/v1/customers/{await _external_id(world)}", {"name": "Matrix"})
+
+
+async def _customer(world: World, role: str) -> Call:
+    return Call(f"/v1/customers/{await _external_id(world)}")
+
+
+async def _customer_transactions(world: World, role: str) -> Call:
+    return Call(f"/v1/customers/{await _external_id(world)}/transactions")
+
+
+async def _usage_event(world: World) -> dict[str, Any]:
+    meter = await _catalog_meter(world)
+    wallet = await _funded_wallet(world)
+    return {"id": f"matrix-{secrets.token_hex(8)}", "wallet": wallet, "meter": meter, "quantity": 3}
+
+
+async def _record_usage(world: World, role: str) -> Call:
+    return Call("/v1/usage", await _usage_event(world))
+
+
+async def _record_usage_batch(world: World, role: str) -> Call:
+    return Call("/v1/usage/batch", {"events": [await _usage_event(world)]})
+
+
+async def _usage_list(world: World, role: str) -> Call:
+    return Call(f"/v1/usage?customer={world.user.id}")
+
+
+async def _usage_summary(world: World, role: str) -> Call:
+    return Call(f"/v1/usage/summary?customer={world.user.id}")
+
+
+# ---------------------------------------------------------------- metering: AI holds, metered sessions
+
+
+async def _matrix_meter(world: World, code: str, **fields: Any) -> str:
+    async with world.db.transaction(write=False) as session:
+        if code in {meter.code for meter in await catalog_service.list_meters(session)}:
+            return code
+    async with world.db.transaction() as session:
+        meter = await catalog_service.create_meter(
+            session, actor=_catalog_actor(world), code=code, name=code, **fields
+        )
+    return meter.code
+
+
+async def _ai_hold_body(world: World) -> dict[str, Any]:
+    meter = await _matrix_meter(
+        world, "matrix-model", kind="model", input_price=1_000_000, output_price=1_000_000
+    )
+    wallet = await _funded_wallet(world)
+    return {
+        "wallet": wallet,
+        "meter": meter,
+        "input_tokens": 3,
+        "max_output_tokens": 4,
+        "idempotency_key": _key(),
+    }
+
+
+async def _create_ai_hold(world: World, role: str) -> Call:
+    return Call("/v1/ai_holds", await _ai_hold_body(world))
+
+
+async def _capture_ai_hold(world: World, role: str) -> Call:
+    body = await _ai_hold_body(world)
+    async with world.db.transaction() as session:
+        movement = await metering_ai_holds.hold_estimate(
+            session,
+            wallet_id=body["wallet"],
+            owner_id=None,
+            meter=body["meter"],
+            input_tokens=3,
+            max_output_tokens=4,
+            cached_input_tokens=0,
+            expires_at=utcnow() + timedelta(hours=1),
+            idempotency_key=f"matrix:{secrets.token_hex(8)}",
+        )
+    assert movement.hold is not None
+    return Call(
+        f"/v1/ai_holds/{movement.hold.id}/capture",
+        {"input_tokens": 3, "output_tokens": 2, "idempotency_key": _key()},
+    )
+
+
+async def _session_meter(world: World) -> str:
+    return await _matrix_meter(world, "matrix-minute", kind="unit", unit="minute", price=60)
+
+
+async def _start_session(world: World, role: str) -> Call:
+    await _funded_wallet(world)
+    return Call("/v1/sessions", {"meter": await _session_meter(world), "customer": world.user.id})
+
+
+async def _running_session(world: World) -> str:
+    meter = await _session_meter(world)
+    await _funded_wallet(world)
+    async with world.db.transaction() as session:
+        wallet = await ledger_service.default_wallet(session, user_id=world.user.id)
+        metered = await metering_sessions.start_session(
+            session, user_id=world.user.id, wallet=wallet, meter_code=meter, now=utcnow()
+        )
+    return metered.id
+
+
+async def _sessions(world: World, role: str) -> Call:
+    return Call(f"/v1/sessions?customer={world.user.id}")
+
+
+async def _session(world: World, role: str) -> Call:
+    return Call(f"/v1/sessions/{await _running_session(world)}")
+
+
+async def _session_heartbeat(world: World, role: str) -> Call:
+    return Call(f"/v1/sessions/{await _running_session(world)}/heartbeat", {"metrics": {"viewers": 1}})
+
+
+async def _stop_session(world: World, role: str) -> Call:
+    return Call(f"/v1/sessions/{await _running_session(world)}/stop", {})
 
 
 # ---------------------------------------------------------------- catalog (admin writes; public reads)
@@ -813,6 +970,58 @@ async def _refund(world: World, role: str) -> Call:
     return Call(f"/v1/refunds/{refund.id}")
 
 
+# ---------------------------------------------------------------- outgoing webhook endpoints (admins')
+
+
+async def _webhook_endpoint(world: World) -> str:
+    async with world.db.transaction() as session:
+        endpoint = await webhooks_out.create_endpoint(
+            session,
+            url="https://app.example.com/hooks",
+            event_types=["order.paid"],
+            description=None,
+            settings=world.app.state.settings,
+        )
+    return endpoint.id
+
+
+async def _webhook_delivery(world: World) -> tuple[str, str]:
+    endpoint_id = await _webhook_endpoint(world)
+    async with world.db.transaction() as session:
+        await realtime.emit(
+            session, user_id=world.user.id, type="order.paid", data={"order_id": "ord_matrix"}
+        )
+        delivery_id = await session.scalar(
+            select(WebhookDelivery.id).where(WebhookDelivery.endpoint_id == endpoint_id)
+        )
+    assert delivery_id is not None
+    return endpoint_id, delivery_id
+
+
+async def _create_webhook_endpoint(world: World, role: str) -> Call:
+    return Call(
+        "/v1/webhook_endpoints", {"url": "https://app.example.com/hooks", "event_types": ["order.paid"]}
+    )
+
+
+async def _webhook_endpoints(world: World, role: str) -> Call:
+    return Call("/v1/webhook_endpoints")
+
+
+async def _delete_webhook_endpoint(world: World, role: str) -> Call:
+    return Call(f"/v1/webhook_endpoints/{await _webhook_endpoint(world)}")
+
+
+async def _webhook_deliveries(world: World, role: str) -> Call:
+    endpoint_id, _delivery_id = await _webhook_delivery(world)
+    return Call(f"/v1/webhook_endpoints/{endpoint_id}/deliveries")
+
+
+async def _redeliver_webhook(world: World, role: str) -> Call:
+    endpoint_id, delivery_id = await _webhook_delivery(world)
+    return Call(f"/v1/webhook_endpoints/{endpoint_id}/deliveries/{delivery_id}/redeliver")
+
+
 REQUESTS: dict[tuple[str, str], Prepare] = {
     ("POST", "/v1/auth/register"): _register,
     ("POST", "/v1/auth/login"): _login,
@@ -845,7 +1054,21 @@ REQUESTS: dict[tuple[str, str], Prepare] = {
     ("GET", "/v1/holds/{hold_id}"): _hold,
     ("POST", "/v1/holds/{hold_id}/capture"): _capture,
     ("POST", "/v1/holds/{hold_id}/release"): _release,
+    ("POST", "/v1/ai_holds"): _create_ai_hold,  # metering: AI holds and sessions
+    ("POST", "/v1/ai_holds/{hold_id}/capture"): _capture_ai_hold,
+    ("POST", "/v1/sessions"): _start_session,
+    ("GET", "/v1/sessions"): _sessions,
+    ("GET", "/v1/sessions/{session_id}"): _session,
+    ("POST", "/v1/sessions/{session_id}/heartbeat"): _session_heartbeat,
+    ("POST", "/v1/sessions/{session_id}/stop"): _stop_session,
     ("POST", "/v1/transfers"): _transfer,
+    ("PUT", "/v1/customers/{external_id}"): _put_customer,
+    ("GET", "/v1/customers/{external_id}"): _customer,
+    ("GET", "/v1/customers/{external_id}/transactions"): _customer_transactions,
+    ("POST", "/v1/usage"): _record_usage,
+    ("POST", "/v1/usage/batch"): _record_usage_batch,
+    ("GET", "/v1/usage"): _usage_list,
+    ("GET", "/v1/usage/summary"): _usage_summary,
     ("GET", "/v1/plans"): _plans,
     ("POST", "/v1/plans"): _create_plan,
     ("GET", "/v1/plans/{plan_id}"): _plan,
@@ -896,6 +1119,11 @@ REQUESTS: dict[tuple[str, str], Prepare] = {
     ("GET", "/v1/notifications"): _notifications,
     ("POST", "/v1/notifications/{notification_id}/read"): _read_notification,
     ("DELETE", "/v1/notifications/{notification_id}"): _delete_notification,
+    ("POST", "/v1/webhook_endpoints"): _create_webhook_endpoint,
+    ("GET", "/v1/webhook_endpoints"): _webhook_endpoints,
+    ("DELETE", "/v1/webhook_endpoints/{endpoint_id}"): _delete_webhook_endpoint,
+    ("GET", "/v1/webhook_endpoints/{endpoint_id}/deliveries"): _webhook_deliveries,
+    ("POST", "/v1/webhook_endpoints/{endpoint_id}/deliveries/{delivery_id}/redeliver"): _redeliver_webhook,
 }
 
 # Operations whose success changes the callers themselves (deleting your account ends your keys too): each

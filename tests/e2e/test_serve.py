@@ -175,6 +175,14 @@ def test_demo_creates_its_database_here_and_prints_the_admin_password_once(tmp_p
             assert login.status_code == 200, login.text
             me = http.get("/v1/me", headers={"Authorization": f"Bearer {login.json()['access_token']}"})
             assert "admin" in me.json()["roles"]
+            # A customer named by the app's own id is created on first use with the demo's 3 free credits.
+            used = http.post(
+                "/v1/usage",
+                headers={"Authorization": f"Bearer {login.json()['access_token']}"},
+                json={"id": "demo-first-image", "customer": "+15550001", "meter": "image", "quantity": 1},
+            )
+            assert used.status_code in (200, 201), used.text
+            assert (used.json()["cost"], used.json()["balance_after"]) == (2, 1)
             user_email, user_password = accounts["user"]
             assert api_login(http, email=user_email, password=user_password).status_code == 200
             # Development prints emails; their links point at this demo, on the port it was given.

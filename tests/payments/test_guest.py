@@ -12,10 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from prepaid.auth import service as auth_service
 from prepaid.auth.models import OneTimeToken, User
 from prepaid.ledger import service as ledger_service
+from prepaid.notify.models import Notification
 from prepaid.payments import guest
 from prepaid.payments.models import PaymentGuestOrder
 from tests.factories import make_user
@@ -69,7 +71,7 @@ async def _pay(client: httpx.AsyncClient, order: dict[str, Any]) -> None:
 
 
 async def guest_emails(app: Any, address: str) -> list[Any]:
-    """The guest checkout's own emails to ``address`` (the notifications send their own as well)."""
+    """The guest checkout's own emails to ``address`` (the refund and dispute notifications send their own)."""
     return [message for message in await emails_to(app, address) if message.template.startswith("guest_")]
 
 
@@ -221,3 +223,67 @@ async def test_two_guest_orders_for_one_new_email_at_once_share_one_account(
     assert [answer.status_code for answer in answers] == [201, 201, 201]
     assert await count_rows(app, User, User.email == email) == 1
     assert await count_rows(app, PaymentGuestOrder, PaymentGuestOrder.email == email) == 3
+
+
+async def test_a_guest_gets_one_email_per_order_even_for_a_zero_total(
+    app: Any, client: httpx.AsyncClient
+) -> None:
+    free = await make_coupon(app, kind="percent_off", percent_bps=10_000)  # a 100 % public coupon
+    email = f"free-{secrets.token_hex(4)}@example.com"
+    order = await _guest_order(app, client, email, coupon=free)
+    assert (order["status"], order["amount"], order["checkout_url"]) == ("fulfilled", 0, None)
+    owner = await make_user(app)
+    paid = await _guest_order(app, client, owner.email)
+    await _pay(client, paid)
+    assert await guest.notify_paid_guests(db_of(app), app.state.settings) == 2
+    # every email to either address: the guest checkout's one, no payment_succeeded besides it
+    assert [m.template for m in await emails_to(app, email)] == ["guest_claim"]
+    assert [m.template for m in await emails_to(app, owner.email)] == ["guest_credits"]
+    for address in (email, owner.email):  # the buyer is still told in-app
+        user, _balance = await _account(app, address)
+        async with db_of(app).transaction(write=False) as session:
+            kinds = list(
+                await session.scalars(select(Notification.kind).where(Notification.user_id == user.id))
+            )
+        assert kinds == ["payment_succeeded"]
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [
+        {
+            "gateways": "sandbox,razorpay",
+            "razorpay_key_id": "rzp_test_unreachable",
+            "razorpay_key_secret": "unreachable",
+            "razorpay_webhook_secret": "unreachable",
+            "razorpay_api_base": "http://127.0.0.1:9",  # nothing listens: the gateway call fails
+            "gateway_timeout": 2,
+            "guest_checkout": True,
+        }
+    ],
+)
+async def test_a_guest_order_whose_gateway_call_fails_leaves_an_empty_account_claimed_by_the_next_order(
+    app: Any, client: httpx.AsyncClient
+) -> None:
+    email = f"retry-{secrets.token_hex(4)}@example.com"
+    plan = await make_plan(app, credits=100, bonus_credits=10, prices=PRICES)
+    failed = await client.post(
+        "/v1/guest_orders", json={"email": email, "plan": plan, "currency": "INR", "gateway": "razorpay"}
+    )
+    assert_error(failed, 502, "gateway_error", "gateway_unavailable")
+    user, balance = await _account(app, email)
+    assert (user.password_hash, balance) == (None, 0)  # kept: no password, nothing in it
+    async with db_of(app).transaction(write=False) as session:
+        [row] = list(await session.scalars(select(PaymentGuestOrder).where(PaymentGuestOrder.email == email)))
+        assert row.new_account is True
+        assert (await stored_order(app, row.order_id)).status == "failed"
+    assert await guest.notify_paid_guests(db_of(app), app.state.settings) == 0  # nothing paid, nothing sent
+
+    order = await _guest_order(app, client, email)  # the buyer tries again, on the sandbox
+    await _pay(client, order)
+    again, balance = await _account(app, email)
+    assert (again.id, balance) == (user.id, 110)
+    assert await guest.notify_paid_guests(db_of(app), app.state.settings) == 1
+    [message] = await emails_to(app, email)
+    assert message.template == "guest_claim"  # the account guest checkout made is still theirs to claim
+    assert message.payload["order_id"] == order["id"]

@@ -649,6 +649,13 @@ async def _redeem_one_time_token(session: AsyncSession, *, token: str, purpose: 
     return user
 
 
+async def issue_password_link_token(session: AsyncSession, *, user: User, ttl: int) -> str:
+    """A one-time token for a link that lets the holder choose the account's password (redeemed by
+    ``reset_password``); it replaces any earlier unused one. For callers outside auth that email such a link
+    (guest checkout's claim link)."""
+    return await _issue_one_time_token(session, user=user, purpose=PASSWORD_RESET, ttl=ttl)
+
+
 async def request_password_reset(session: AsyncSession, *, email: str, settings: Settings) -> None:
     """Email a reset link when the account exists; say nothing either way."""
     user = await get_user_by_email(session, email)

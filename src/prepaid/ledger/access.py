@@ -128,11 +128,20 @@ def shows_balance(principal: Principal, wallet: Account) -> bool:
     return _own(principal, wallet, READ, SPEND)
 
 
+def spending_owner(principal: Principal) -> str | None:
+    """Who may debit or hold credits, and on whose wallets: an app's key with ``usage:write`` on its user's
+    wallets only (the user id returned here, for ``ledger.service`` to lock only a wallet of that user and
+    answer ``404`` for any other, as ``wallet`` does), a server key with ``usage:write`` or an admin on any
+    (``None``). Anyone else is refused here, before any wallet is read."""
+    require_app_or_admin(principal)
+    return None if acts_for_anyone(principal, SPEND) else principal.user.id
+
+
 async def spendable_wallet(
     session: AsyncSession, principal: Principal, wallet_id: str, *, param: str = "wallet_id"
 ) -> Account:
-    """A wallet the caller may debit or hold credits on: an app's key with ``usage:write`` on its user's
-    wallets, a server key with ``usage:write`` or an admin on any."""
+    """A wallet the caller may debit or hold credits on, read now (the debit and hold routes do not: they
+    pass ``spending_owner`` to the service, whose lock checks it)."""
     require_app_or_admin(principal)
     return await wallet(session, principal, wallet_id, SPEND, param=param)
 

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from prepaid.db import utcnow
 from prepaid.deps import Admin, Pagination, Principal, Session, SettingsDep
+from prepaid.errors import NotFound
 from prepaid.ledger import access, service
 from prepaid.ledger.models import Account, Hold, Transaction
 from prepaid.ledger.schemas import (
@@ -83,10 +84,6 @@ async def _granted_wallet(wallet_id: IdPath, admin: Admin, session: Session) -> 
     return await access.wallet(session, admin, wallet_id, access.SPEND)
 
 
-async def _spendable_wallet(wallet_id: IdPath, principal: Principal, session: Session) -> Account:
-    return await access.spendable_wallet(session, principal, wallet_id)
-
-
 async def _readable_hold(hold_id: IdPath, principal: Principal, session: Session) -> Hold:
     return await access.hold(session, principal, hold_id, access.READ, access.SPEND)
 
@@ -107,7 +104,6 @@ CustomerToOpenFor = Annotated[str, Depends(_new_wallet_owner)]
 ReadableWallet = Annotated[Account, Depends(_readable_wallet)]
 ManagedWallet = Annotated[Account, Depends(_managed_wallet)]
 GrantedWallet = Annotated[Account, Depends(_granted_wallet)]
-SpendableWallet = Annotated[Account, Depends(_spendable_wallet)]
 ReadableHold = Annotated[Hold, Depends(_readable_hold)]
 ResolvableHold = Annotated[Hold, Depends(_resolvable_hold)]
 ReadableTransaction = Annotated[Transaction, Depends(_readable_transaction)]
@@ -243,32 +239,38 @@ async def grant_credits(
 
 @router.post("/wallets/{wallet_id}/debits", status_code=status.HTTP_201_CREATED, responses=_errors(402, 409))
 async def debit_wallet(
-    body: DebitCreate, wallet: SpendableWallet, principal: Principal, session: Session
+    wallet_id: IdPath, body: DebitCreate, principal: Principal, session: Session
 ) -> MovementRead:
+    # The wallet is authorised by the statement that locks it: another user's wallet answers 404 there.
     movement = await service.spend(
         session,
-        wallet_id=wallet.id,
+        wallet_id=wallet_id,
+        owner_id=access.spending_owner(principal),
         amount=body.amount,
         idempotency_key=access.ledger_key(principal, body.idempotency_key),
         memo=body.reason,
         actor_user_id=principal.user.id,
     )
-    return await _movement_read(session, movement, wallet_id=wallet.id)
+    return await _movement_read(session, movement, wallet_id=wallet_id)
 
 
 @router.post("/holds", status_code=status.HTTP_201_CREATED, responses=_errors(402, 404, 409))
 async def create_hold(body: HoldCreate, principal: Principal, session: Session) -> MovementRead:
-    wallet = await access.spendable_wallet(session, principal, body.wallet, param="wallet")
-    movement = await service.hold(
-        session,
-        wallet_id=wallet.id,
-        amount=body.amount,
-        expires_at=body.expiry(utcnow()),
-        idempotency_key=access.ledger_key(principal, body.idempotency_key),
-        memo=body.reason,
-        actor_user_id=principal.user.id,
-    )
-    return await _movement_read(session, movement, wallet_id=wallet.id)
+    owner_id = access.spending_owner(principal)
+    try:  # the wallet is authorised by the statement that locks it, as for a debit
+        movement = await service.hold(
+            session,
+            wallet_id=body.wallet,
+            owner_id=owner_id,
+            amount=body.amount,
+            expires_at=body.expiry(utcnow()),
+            idempotency_key=access.ledger_key(principal, body.idempotency_key),
+            memo=body.reason,
+            actor_user_id=principal.user.id,
+        )
+    except NotFound:
+        raise NotFound(f"No wallet {body.wallet}.", param="wallet") from None
+    return await _movement_read(session, movement, wallet_id=body.wallet)
 
 
 @router.get("/holds/{hold_id}")

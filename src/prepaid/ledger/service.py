@@ -684,6 +684,9 @@ _WALLET_KEY_AND_LOTS = (
     .where(_ACCOUNT.c.id == bindparam("wallet_id"), _ACCOUNT.c.kind == "wallet")
     .order_by(_LOT.c.priority, _LOT.c.expires_at.is_(None), _LOT.c.expires_at, _LOT.c.id)
 )
+# The same, for a caller who may act only on one user's wallets: anyone else's wallet is not found.
+_LOCK_OWN_WALLET = _LOCK_WALLET.where(_ACCOUNT.c.user_id == bindparam("owner_id"))
+_OWN_WALLET_KEY_AND_LOTS = _WALLET_KEY_AND_LOTS.where(_ACCOUNT.c.user_id == bindparam("owner_id"))
 _HOLD_STATE = select(_HOLD.c.wallet_id, _HOLD.c.amount, _HOLD.c.status).where(
     _HOLD.c.id == bindparam("hold_id")
 )
@@ -741,8 +744,12 @@ async def _connection(session: AsyncSession) -> AsyncConnection:
     return await session.connection()
 
 
-async def _lock_wallet(conn: AsyncConnection, wallet_id: str) -> _Locked:
-    row = (await conn.execute(_LOCK_WALLET, {"wallet_id": wallet_id})).first()
+async def _lock_wallet(conn: AsyncConnection, wallet_id: str, owner_id: str | None = None) -> _Locked:
+    """Locks the wallet and reads its figures; with ``owner_id``, only a wallet of that user (else 404)."""
+    if owner_id is None:
+        row = (await conn.execute(_LOCK_WALLET, {"wallet_id": wallet_id})).first()
+    else:
+        row = (await conn.execute(_LOCK_OWN_WALLET, {"wallet_id": wallet_id, "owner_id": owner_id})).first()
     if row is None:
         raise NotFound(f"No wallet {wallet_id}.", param="wallet_id")
     return _Locked(*row)
@@ -782,12 +789,17 @@ async def _replay_found(
 
 
 async def _read_wallet_key_and_lots(
-    conn: AsyncConnection, wallet_id: str, idempotency_key: str
+    conn: AsyncConnection, wallet_id: str, idempotency_key: str, owner_id: str | None = None
 ) -> tuple[_Locked, tuple[str, str] | None, list[_LotLeft]]:
     """The wallet's figures, the (id, request hash) of the transaction already made with the key if any, and
     the wallet's live lots in spending order, in one query: only where the whole database is locked already
-    (SQLite's ``BEGIN IMMEDIATE``), so that nothing can change between the three."""
-    rows = (await conn.execute(_WALLET_KEY_AND_LOTS, {"wallet_id": wallet_id, "key": idempotency_key})).all()
+    (SQLite's ``BEGIN IMMEDIATE``), so that nothing can change between the three. With ``owner_id``, only a
+    wallet of that user (else 404)."""
+    params = {"wallet_id": wallet_id, "key": idempotency_key}
+    if owner_id is None:
+        rows = (await conn.execute(_WALLET_KEY_AND_LOTS, params)).all()
+    else:
+        rows = (await conn.execute(_OWN_WALLET_KEY_AND_LOTS, {**params, "owner_id": owner_id})).all()
     if not rows:
         raise NotFound(f"No wallet {wallet_id}.", param="wallet_id")
     first = rows[0]
@@ -1227,10 +1239,12 @@ async def _take_out(
     actor_user_id: str | None,
     allow_debt: bool = False,
     expires_at: datetime | None = None,
+    owner_id: str | None = None,
 ) -> Movement:
     """Credits out of a wallet's lots: a spend or a hold (down to ``-overdraft_limit`` at most, refused with
     ``insufficient_credits`` otherwise, never on a frozen wallet) or a clawback (all of it into clawback debt
-    with ``allow_debt``, else what is available). What the lots lack is debt."""
+    with ``allow_debt``, else what is available). What the lots lack is debt. With ``owner_id``, a wallet
+    that is not that user's is not found (checked by the statement that locks it)."""
     conn = await _connection(session)
     key = {"idempotency_key": idempotency_key, "digest": digest}
     key_checked = not _late_key_check(conn)
@@ -1238,11 +1252,11 @@ async def _take_out(
     if key_checked:
         # SQLite: the write lock is held since BEGIN IMMEDIATE, so the wallet, its key and its lots are read
         # in one query.
-        wallet, used, lots = await _read_wallet_key_and_lots(conn, wallet_id, idempotency_key)
+        wallet, used, lots = await _read_wallet_key_and_lots(conn, wallet_id, idempotency_key, owner_id)
         if used is not None:
             return await _replay_found(session, used, digest=digest, wallet=wallet)
     else:
-        wallet = await _lock_wallet(conn, wallet_id)
+        wallet = await _lock_wallet(conn, wallet_id, owner_id)
     if operation != "clawback" and wallet.frozen:
         error: DomainError = WalletFrozen(f"Wallet {wallet.id} is frozen.", param="wallet_id")
         return await _replay_or_refuse(session, conn, error, wallet=wallet, **key)
@@ -1464,8 +1478,11 @@ async def spend(
     memo: str = "",
     metadata: dict[str, Any] | None = None,
     actor_user_id: str | None = None,
+    owner_id: str | None = None,
 ) -> Movement:
-    """Credits out, down to ``-overdraft_limit`` at most; refused with ``insufficient_credits`` otherwise."""
+    """Credits out, down to ``-overdraft_limit`` at most; refused with ``insufficient_credits`` otherwise.
+    With ``owner_id`` (a caller who may act only on that user's wallets), another user's wallet is
+    ``NotFound`` exactly as a missing one, and nothing is written."""
     _require_positive(amount)
     digest = request_hash(
         kind, wallet=wallet_id, amount=amount, counterparty=counterparty, reference=reference
@@ -1483,6 +1500,7 @@ async def spend(
         memo=memo,
         metadata=metadata,
         actor_user_id=actor_user_id,
+        owner_id=owner_id,
     )
 
 
@@ -1581,8 +1599,10 @@ async def hold(
     memo: str = "",
     metadata: dict[str, Any] | None = None,
     actor_user_id: str | None = None,
+    owner_id: str | None = None,
 ) -> Movement:
-    """Reserves credits: they leave their lots for the wallet's hold account until captured or released."""
+    """Reserves credits: they leave their lots for the wallet's hold account until captured or released.
+    With ``owner_id``, another user's wallet is ``NotFound`` exactly as a missing one."""
     _require_positive(amount)
     if expires_at <= utcnow():
         raise InvalidRequest("expires_at must be in the future.", code="invalid_expiry", param="expires_at")
@@ -1601,6 +1621,7 @@ async def hold(
         metadata=metadata,
         actor_user_id=actor_user_id,
         expires_at=expires_at,
+        owner_id=owner_id,
     )
 
 

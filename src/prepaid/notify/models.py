@@ -60,3 +60,54 @@ class AlertMark(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     fired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# ---------------------------------------------------------------- outgoing webhooks (notify/webhooks_out.py)
+
+
+class WebhookEndpoint(Base):
+    """An app's URL that receives events of the types it subscribed to, signed with its ``secret`` (shown once,
+    at creation). Deleting one sets ``deleted_at``, cancels what was still waiting and forgets the secret; its
+    deliveries stay in the log."""
+
+    __tablename__ = "notify_webhook_endpoint"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    description: Mapped[str | None] = mapped_column(String(500))
+    event_types: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: an outbox row written in the event's own transaction and sent after commit.
+
+    Status ``pending`` (due at ``next_attempt_at``) -> ``sending`` (claimed) -> ``succeeded`` (a 2xx answer);
+    a failed attempt goes back to ``pending`` with exponential backoff until ``give_up_at`` (3 days after the
+    event), then ``failed``; ``cancelled`` when its endpoint is deleted. ``body`` is the exact JSON sent on
+    every attempt (the signature's timestamp is new each time). A redelivery is a new row (``redelivery_of``)."""
+
+    __tablename__ = "notify_webhook_delivery"
+    __table_args__ = (
+        Index("ix_notify_webhook_delivery_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_notify_webhook_delivery_endpoint_id_id", "endpoint_id", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(String(32), ForeignKey("notify_webhook_endpoint.id"))
+    event_id: Mapped[str] = mapped_column(String(32))
+    event_type: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    give_up_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    redelivery_of: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

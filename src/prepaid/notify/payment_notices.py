@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prepaid.notify.service import notify, notify_admins
-from prepaid.payments.models import PaymentGuestOrder, PaymentOrder
+from prepaid.payments.models import PaymentDispute, PaymentGuestOrder, PaymentOrder, PaymentRefund
 
 
 def order_facts(order: PaymentOrder) -> dict[str, Any]:
@@ -74,4 +74,51 @@ async def order_flagged(session: AsyncSession, order: PaymentOrder, reason: str)
     data = {**order_facts(order), "user_id": order.user_id, "reason": reason[:500]}
     await notify_admins(
         session, kind="order_flagged", data=data, dedupe_key=f"order_flagged:{order.id}:{digest}"
+    )
+
+
+async def refund_processed(session: AsyncSession, order: PaymentOrder, refund: PaymentRefund) -> None:
+    """The gateway returned the money of a refund (an admin's, or a duplicate payment's automatic one): the
+    buyer is told once per refund, with the credits it took back."""
+    data = {
+        "order_id": order.id,
+        "refund_id": refund.id,
+        "kind": refund.kind,
+        "amount": refund.amount,
+        "currency": refund.currency,
+        "credits": refund.credits_taken,
+    }
+    await notify(
+        session,
+        user_id=order.user_id,
+        kind="refund_processed",
+        data=data,
+        dedupe_key=f"refund_processed:{refund.id}",  # emailed to guests too: no guest email says it
+    )
+
+
+async def dispute_updated(
+    session: AsyncSession, dispute: PaymentDispute, *, event: str, message: str | None = None
+) -> None:
+    """The dispute's owner is told of what an admin or the gateway did to it: an admin's message, a resolution,
+    a chargeback opened (its credits held) or decided. Once per ``event`` (a message id, ``resolved``,
+    ``opened``, ``won``, ``lost``)."""
+    data: dict[str, Any] = {
+        "dispute_id": dispute.id,
+        "order_id": dispute.order_id,
+        "kind": dispute.kind,
+        "status": dispute.status,
+    }
+    if dispute.resolution is not None:
+        data["resolution"] = dispute.resolution
+    if dispute.granted_credits:
+        data["credits"] = dispute.granted_credits
+    if message:
+        data["message"] = message[:1000]
+    await notify(
+        session,
+        user_id=dispute.user_id,
+        kind="dispute_updated",
+        data=data,
+        dedupe_key=f"dispute_updated:{dispute.id}:{event}",
     )

@@ -33,6 +33,7 @@ from prepaid.audit import service as audit_service
 from prepaid.errors import Conflict, DomainError, InvalidRequest, NotFound
 from prepaid.ids import new_id
 from prepaid.ledger import service as ledger_service
+from prepaid.notify import payment_notices
 from prepaid.observability import log
 from prepaid.pagination import Page, PageParams, paginate
 from prepaid.payments import refunds, service
@@ -305,6 +306,8 @@ async def add_message(
         )
     message = _message(session, dispute, body=body, role=author_role, author_id=author_id, now=now)
     dispute.updated_at = now
+    if author_role == "admin":  # notifications: the owner hears of an admin's answer (see decisions.md)
+        await payment_notices.dispute_updated(session, dispute, event=message.id, message=message.body)
     if actor is not None:
         await audit_service.record(
             session,
@@ -417,6 +420,9 @@ async def resolve_dispute(
         now=now,
     )
     await _audit(session, actor, "dispute.resolve", dispute, before)
+    await payment_notices.dispute_updated(  # notifications: the owner, once per dispute
+        session, dispute, event="resolved", message=f"{_RESOLVED_AS[resolution.action]}: {resolution.note}"
+    )
     return dispute
 
 
@@ -696,6 +702,17 @@ async def apply_chargeback_event(
             dispute.order_status_before = "disputed"
         if row.type in (EventType.DISPUTE_OPENED.value, EventType.DISPUTE_UPDATED.value):
             await _hold_credits(session, dispute=dispute, order=order, now=now)
+        # notifications: every admin once per chargeback; the buyer hears their credits are held
+        await payment_notices.chargeback_opened(
+            session, order, dispute_id=dispute.id, amount=dispute.amount, currency=dispute.currency
+        )
+        if dispute.held_credits:
+            await payment_notices.dispute_updated(
+                session,
+                dispute,
+                event="opened",
+                message="A chargeback was opened on this order: its credits are held until the bank decides.",
+            )
     elif dispute.status in CLOSED:
         return f"The chargeback is {dispute.status} already; {row.raw_type} changes nothing."
     if isinstance(data.get("status"), str):
@@ -716,6 +733,12 @@ async def apply_chargeback_event(
             author_id=None,
             now=now,
         )
+        await payment_notices.dispute_updated(
+            session,
+            dispute,
+            event="won",
+            message="The bank closed the chargeback in our favour: the credits held for it are free again.",
+        )
     elif row.type == EventType.DISPUTE_LOST.value:
         await _take_back(session, dispute=dispute, order=order)
         dispute.status, dispute.resolved_at = "lost", now
@@ -726,6 +749,12 @@ async def apply_chargeback_event(
             role="system",
             author_id=None,
             now=now,
+        )
+        await payment_notices.dispute_updated(
+            session,
+            dispute,
+            event="lost",
+            message="The chargeback was lost: the order's credits were taken back.",
         )
     log.info("chargeback_event", dispute_id=dispute.id, raw_type=row.raw_type, status=dispute.status)
     return None

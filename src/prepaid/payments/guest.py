@@ -6,8 +6,12 @@
   nothing about the account: not its id, its wallet nor its balance, so an email that already has an account
   gives the guest no access to it, and the answer is the same whether or not the account existed.
 - Once the order is paid, the runner's ``guest_notifications`` job emails the address (outbox): an account made
-  for the order and still without a password gets a one-time claim link (``/guest/claim``) to choose one; any
-  other account (one that existed, or was claimed since) gets a plain notice that credits were added.
+  by guest checkout and still without a password gets a one-time claim link (``/guest/claim``) to choose one;
+  any other account (one that existed, or was claimed since) gets a plain notice that credits were added. That
+  is the one email per order: ``payment_succeeded`` is in-app only for a guest's order.
+- A guest order whose gateway call fails (502) keeps its passwordless account (see docs/decisions.md): it
+  holds nothing and nobody can sign in to it; the next guest order of that email uses it and is offered the
+  claim link.
 - Only public coupons: an ``assigned`` coupon is refused as unknown, whoever the email belongs to, so a guest
   cannot use a coupon allotted to someone else's account nor learn that it exists.
 """
@@ -21,8 +25,10 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Request, status
 from pydantic import EmailStr
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from prepaid.auth import service as auth_service
+from prepaid.auth.models import User
 from prepaid.catalog import service as catalog_service
 from prepaid.catalog.schemas import Code, CouponCode, Currency, Quantity
 from prepaid.db import Database, utcnow
@@ -134,7 +140,10 @@ async def place_guest_order(
         raise NotFound("Guest checkout is not enabled on this server.", code="guest_checkout_disabled")
     await _check_coupon(db, purchase.coupon_code)
     buyer_id, new_account = await _buyer(db, email)
-    order = await service.place_order(
+    # The guest row is written with the order (one transaction, before the gateway is asked), so the order is
+    # a guest's from the start: fulfil emails nothing of its own (one email per order, the job's), and an
+    # order whose gateway call fails is still recorded as made for this account (see ``notify_paid_guests``).
+    return await service.place_order(
         db,
         buyer_id=buyer_id,
         purchase=purchase,
@@ -143,18 +152,8 @@ async def place_guest_order(
         client_ip=client_ip,
         user_agent=user_agent,
         hosted_checkout=True,
+        guest=service.GuestBuyer(email=auth_service.normalize_email(email), new_account=new_account),
     )
-    async with db.transaction() as session:
-        session.add(
-            PaymentGuestOrder(
-                order_id=order.id,
-                user_id=buyer_id,
-                email=auth_service.normalize_email(email),
-                new_account=new_account,
-                created_at=utcnow(),
-            )
-        )
-    return order
 
 
 def _display(order: PaymentOrder, settings: Settings) -> tuple[str, str]:
@@ -163,6 +162,22 @@ def _display(order: PaymentOrder, settings: Settings) -> tuple[str, str]:
     scale = settings.credit_scale
     total = order.credits + order.bonus_credits
     return amount, (f"{to_display(total, scale):,.{scale}f}" if scale else f"{total:,}")
+
+
+async def _claimable(session: AsyncSession, guest: PaymentGuestOrder, user: User) -> bool:
+    """An account is offered a claim link only while it has no password, still has the order's email, and was
+    made by guest checkout (for this order, or for an earlier guest order of this email: one whose gateway
+    call failed, say, which left the account empty); never an account that existed before."""
+    if user.password_hash is not None or user.email != guest.email:
+        return False
+    if guest.new_account:
+        return True
+    made_by_guest = await session.scalar(
+        select(PaymentGuestOrder.order_id)
+        .where(PaymentGuestOrder.user_id == user.id, PaymentGuestOrder.new_account.is_(True))
+        .limit(1)
+    )
+    return made_by_guest is not None
 
 
 async def notify_paid_guests(db: Database, settings: Settings) -> int:
@@ -198,11 +213,8 @@ async def notify_paid_guests(db: Database, settings: Settings) -> int:
                 "credits": credits,
                 "status_link": checkout_pages.status_url(settings, order.id, now=now),
             }
-            claimable = guest.new_account and user.password_hash is None and user.email == guest.email
-            if claimable:
-                token = await auth_service._issue_one_time_token(
-                    session, user=user, purpose=auth_service.PASSWORD_RESET, ttl=CLAIM_TTL
-                )
+            if await _claimable(session, guest, user):
+                token = await auth_service.issue_password_link_token(session, user=user, ttl=CLAIM_TTL)
                 context |= {
                     "claim_link": f"{settings.base_url.rstrip('/')}/guest/claim?token={token}",
                     "hours": CLAIM_TTL // 3600,

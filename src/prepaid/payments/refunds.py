@@ -35,6 +35,7 @@ from prepaid.errors import Conflict, InvalidRequest, NotFound
 from prepaid.ids import new_id
 from prepaid.ledger import service as ledger_service
 from prepaid.ledger.errors import HoldNotPending, InsufficientCredits, WalletFrozen
+from prepaid.notify import payment_notices
 from prepaid.observability import log
 from prepaid.pagination import Page, PageParams, paginate
 from prepaid.payments.gateways import (
@@ -489,6 +490,7 @@ async def settle_processed(
     if refund.kind == "admin":
         await _order_status_after(session, order)
     log.info("refund_processed", refund_id=refund.id, order_id=order.id, credits_taken=refund.credits_taken)
+    await payment_notices.refund_processed(session, order, refund)  # notifications: the buyer, once
     return refund
 
 

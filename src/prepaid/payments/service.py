@@ -37,7 +37,7 @@ from prepaid.errors import Conflict, InvalidRequest, NotFound
 from prepaid.ids import new_id
 from prepaid.ledger import service as ledger_service
 from prepaid.money import CREDIT
-from prepaid.notify import payment_notices
+from prepaid.notify import payment_notices, realtime
 from prepaid.observability import log
 from prepaid.pagination import Page, PageParams, paginate
 from prepaid.payments import refunds
@@ -52,7 +52,7 @@ from prepaid.payments.gateways import (
     PaymentStatus,
     check_amount,
 )
-from prepaid.payments.models import PaymentAttempt, PaymentGatewayEvent, PaymentOrder
+from prepaid.payments.models import PaymentAttempt, PaymentGatewayEvent, PaymentGuestOrder, PaymentOrder
 from prepaid.settings import Settings
 
 QUOTE_VALIDITY = timedelta(hours=24)
@@ -371,6 +371,16 @@ async def fulfil(
     order.status, order.fulfilled_at = "fulfilled", now
     log.info("order_fulfilled", order_id=order.id, credits=order.credits, bonus_credits=order.bonus_credits)
     await payment_notices.payment_succeeded(session, order)  # notifications: once per order
+    await realtime.order_paid(  # realtime and outgoing webhooks: order.paid, balance.updated
+        session,
+        user_id=order.user_id,
+        order_id=order.id,
+        wallet_id=order.wallet_id,
+        amount=order.amount,
+        currency=order.currency,
+        credits=order.credits,
+        bonus_credits=order.bonus_credits,
+    )
     return order
 
 
@@ -433,6 +443,15 @@ async def apply_gateway_view(
 
 
 @dataclass(frozen=True)
+class GuestBuyer:
+    """A guest checkout's buyer (``payments/guest.py``): the normalised email, and whether the passwordless
+    account was made for this order."""
+
+    email: str
+    new_account: bool
+
+
+@dataclass(frozen=True)
 class Purchase:
     """What a buyer asked for (the price comes from the quote)."""
 
@@ -491,10 +510,13 @@ async def create_order(
     client_ip: str | None = None,
     user_agent: str | None = None,
     actor: audit_service.Actor | None = None,
+    guest: GuestBuyer | None = None,
 ) -> tuple[PaymentOrder, PaymentAttempt | None]:
     """A new order at the catalog's quote, its coupon reserved until it expires. A zero total is fulfilled at
     once, without a gateway (no attempt). Otherwise the first attempt is made (status ``created``) for the
-    chosen gateway after checking its minimum charge; the caller opens it at the gateway after committing."""
+    chosen gateway after checking its minimum charge; the caller opens it at the gateway after committing.
+    ``guest``: a guest checkout's order, recorded as such in the same transaction, before anything (a zero
+    total's fulfilment) can tell the buyer about it."""
     wallet_id = await _target_wallet(session, user_id=buyer.id, wallet_id=purchase.wallet_id)
     quote = await catalog_service.build_quote(
         session,
@@ -538,6 +560,17 @@ async def create_order(
     )
     session.add(order)
     await session.flush()  # the order row exists before the reservation and the grants refer to it
+    if guest is not None:  # ---- guest checkout
+        session.add(
+            PaymentGuestOrder(
+                order_id=order.id,
+                user_id=buyer.id,
+                email=guest.email,
+                new_account=guest.new_account,
+                created_at=now,
+            )
+        )
+        await session.flush()  # the guest row is there when fulfil decides who emails the buyer
     if quote.coupon_code is not None:
         reservation = await catalog_service.reserve_coupon(
             session,
@@ -758,6 +791,7 @@ async def place_order(
     user_agent: str | None,
     actor: audit_service.Actor | None = None,
     hosted_checkout: bool = False,
+    guest: GuestBuyer | None = None,
 ) -> PaymentOrder:
     """Create the order (committed), then open its first attempt at the gateway. ``hosted_checkout`` (a bot's
     or a guest's order, paid through this server's pages): the gateway returns the buyer to the order's
@@ -777,6 +811,7 @@ async def place_order(
             client_ip=client_ip,
             user_agent=user_agent,
             actor=actor,
+            guest=guest,
         )
     if attempt is None:
         return order
@@ -967,9 +1002,10 @@ async def store_event(
 
 async def process_event(session: AsyncSession, *, event_row_id: str, now: datetime) -> bool:
     """Apply a stored event, once: a captured payment through ``fulfil``, a failed one through
-    ``record_failure`` (forward only, so in any order). Events about payments this server did not start, and
-    kinds it does not act on yet (refunds, disputes), are marked processed with a note. Answers whether it
-    did the work (False: already processed)."""
+    ``record_failure`` (forward only, so in any order), a refund event through ``refunds.apply_refund_event``,
+    a dispute event through ``disputes.apply_chargeback_event``. Events about payments this server did not
+    start, and verified events of kinds it does not act on (``other``), are marked processed with a note.
+    Answers whether it did the work (False: already processed)."""
     row = await session.scalar(
         select(PaymentGatewayEvent)
         .where(PaymentGatewayEvent.id == event_row_id)
@@ -1031,8 +1067,8 @@ async def process_event(session: AsyncSession, *, event_row_id: str, now: dateti
         elif event_type == EventType.PAYMENT_AUTHORIZED.value:
             if attempt.status == "created":
                 attempt.status = "pending"
-        elif event_type != EventType.OTHER.value:
-            row.error = f"Not acted on: {row.raw_type} (refunds and disputes are not handled yet)."
+        elif event_type != EventType.OTHER.value:  # a kind added to EventType and not handled here yet
+            row.error = f"Not acted on: {row.raw_type}."
     row.processed_at = now
     return True
 

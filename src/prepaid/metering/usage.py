@@ -1,0 +1,791 @@
+"""Customers by the app's own id, and usage events: priced with ``catalog.service.meter_cost`` at the price in
+force when received, charged through ``ledger.service``, kept forever under the app's own id.
+
+Exactly once: an event's ``id`` is claimed first, by inserting its row (``ON CONFLICT DO NOTHING``), and only a
+request that claimed it charges. A second request with the same id waits on the first one's claim (PostgreSQL's
+unique index; SQLite's single writer), then finds the stored event and answers it (``replayed``). A refused
+event's claim is undone with the rest of its request (single) or deleted (batch), so the id can be sent again.
+
+Lock order: ids are claimed (sorted, in one statement) before any wallet is locked, and wallets are locked in id
+order, so a request never waits for a claim while holding a wallet another claimer needs.
+
+A batch charges each wallet once: one ledger ``spend`` of the sum of its events' costs. When the wallet cannot
+pay for all of them, the ledger's refusal names what is available (the wallet stays locked), and the events that
+fit are charged in order, skipping the ones that do not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, cast
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Table, bindparam, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from prepaid.audit import service as audit_service
+from prepaid.auth import service as auth_service
+from prepaid.auth.models import User
+from prepaid.catalog import service as catalog_service
+from prepaid.catalog.models import Meter
+from prepaid.db import utcnow
+from prepaid.errors import Conflict, DomainError, IdempotencyError, InvalidRequest, NotFound
+from prepaid.ids import new_id
+from prepaid.ledger import service as ledger_service
+from prepaid.ledger.errors import InsufficientCredits
+from prepaid.ledger.models import Account, Transaction
+from prepaid.ledger.schemas import MAX_AMOUNT
+from prepaid.metering.models import UsageEvent
+from prepaid.metering.schemas import UsageCreate
+from prepaid.money import CREDIT
+from prepaid.pagination import Page, PageParams, paginate
+from prepaid.settings import Settings
+
+USAGE = cast(Table, UsageEvent.__table__)
+
+# ---------------------------------------------------------------- customers
+
+
+@dataclass(frozen=True)
+class Provisioning:
+    """Whether a caller may create an unknown customer on first use, and the grant a new one receives."""
+
+    allowed: bool
+    signup_credits: int  # in the credit asset's smallest unit
+    actor: audit_service.Actor | None = None
+
+    @classmethod
+    def of(cls, settings: Settings, *, allowed: bool, actor: audit_service.Actor | None) -> Provisioning:
+        return cls(
+            allowed=allowed and settings.auto_provision,
+            signup_credits=settings.signup_credits * 10**settings.credit_scale,
+            actor=actor,
+        )
+
+
+NO_PROVISIONING = Provisioning(allowed=False, signup_credits=0)
+
+
+def _customer_snapshot(user: User) -> dict[str, Any]:
+    return {"external_id": user.external_id, "name": user.name, "email": user.email, "phone": user.phone}
+
+
+async def find_customer(session: AsyncSession, reference: str) -> User:
+    """A customer by user id or the app's external id; ``NotFound`` (param ``customer``) otherwise."""
+    return await auth_service.find_customer(session, reference)
+
+
+async def _create_customer(
+    session: AsyncSession,
+    *,
+    external_id: str,
+    provisioning: Provisioning,
+    name: str = "",
+    email: str | None = None,
+    phone: str | None = None,
+) -> tuple[User, bool]:
+    """The customer with this external id, created now when unknown (and granted the signup credits once).
+    Two first requests at once: the unique external id lets one create it; the other finds it."""
+    try:
+        async with session.begin_nested():
+            user = await auth_service.create_user(
+                session, email=email, password=None, name=name, external_id=external_id, phone=phone
+            )
+    except Conflict as error:
+        # A concurrent first request created it (its commit is visible now), or the email is someone else's.
+        existing = await session.scalar(select(User).where(User.external_id == external_id))
+        if existing is None or existing.deleted_at is not None:
+            raise error from None
+        return existing, False
+    if provisioning.signup_credits > 0:
+        wallet = await ledger_service.default_wallet(session, user_id=user.id)
+        await ledger_service.grant(
+            session,
+            wallet_id=wallet.id,
+            amount=provisioning.signup_credits,
+            idempotency_key=f"signup:{user.id}",
+            source="promotional",
+            counterparty="@promotions",
+            reference=("user", user.id),
+            memo="Signup credits",
+        )
+    if provisioning.actor is not None:
+        await audit_service.record(
+            session,
+            actor=provisioning.actor,
+            action="customer.create",
+            object_type="user",
+            object_id=user.id,
+            before=None,
+            after={**_customer_snapshot(user), "signup_credits": provisioning.signup_credits},
+        )
+    return user, True
+
+
+async def customer_or_provision(
+    session: AsyncSession, reference: str, *, provisioning: Provisioning
+) -> tuple[User, bool]:
+    """A customer by id or external id; an unknown one is created on first use when ``provisioning`` allows."""
+    try:
+        return await find_customer(session, reference), False
+    except NotFound:
+        if not provisioning.allowed or reference.startswith("usr_"):
+            raise
+    return await _create_customer(session, external_id=reference, provisioning=provisioning)
+
+
+async def put_customer(
+    session: AsyncSession,
+    *,
+    external_id: str,
+    changes: dict[str, Any],
+    provisioning: Provisioning,
+    actor: audit_service.Actor,
+) -> tuple[User, bool]:
+    """Create (whatever ``PREPAID_AUTO_PROVISION`` says: this is an explicit creation) or update a customer by
+    the app's own id; fields not given stay as they are."""
+    email = changes.get("email")
+    email = auth_service.normalize_email(email) if email else email
+    existing = await session.scalar(select(User).where(User.external_id == external_id))
+    if existing is None or existing.deleted_at is not None:
+        if existing is not None:
+            raise NotFound(f"No customer {external_id}.", param="external_id")
+        return await _create_customer(
+            session,
+            external_id=external_id,
+            provisioning=Provisioning(True, provisioning.signup_credits, actor),
+            name=changes.get("name") or "",
+            email=email,
+            phone=changes.get("phone"),
+        )
+    before = _customer_snapshot(existing)
+    if "email" in changes and email != existing.email:
+        if email and await auth_service.get_user_by_email(session, email):
+            raise Conflict("An account with this email already exists.", code="email_taken", param="email")
+        existing.email = email
+        existing.email_verified_at = None
+    if "name" in changes:
+        existing.name = changes["name"] or ""
+    if "phone" in changes:
+        existing.phone = changes["phone"]
+    after = _customer_snapshot(existing)
+    if after != before:
+        await session.flush()  # the unique email index decides a race
+        await audit_service.record(
+            session,
+            actor=actor,
+            action="customer.update",
+            object_type="user",
+            object_id=existing.id,
+            before=before,
+            after=after,
+        )
+    return existing, False
+
+
+async def customer_wallets(session: AsyncSession, *, user_id: str) -> list[Account]:
+    wallets: list[Account] = []
+    page = PageParams(limit=100)
+    while True:
+        found = await ledger_service.list_wallets(session, user_id=user_id, params=page)
+        wallets.extend(found.data)
+        if not found.has_more or not found.data:
+            return sorted(wallets, key=lambda wallet: (not wallet.is_default, wallet.id))
+        page = PageParams(limit=100, starting_after=found.data[-1].id)
+
+
+# ---------------------------------------------------------------- usage events
+
+
+def _request_hash(event: UsageCreate) -> str:
+    payload = {
+        "customer": event.customer,
+        "wallet": event.wallet,
+        "meter": catalog_service.normalize_code(event.meter),
+        "quantity": event.quantity,
+        "input_tokens": event.input_tokens,
+        "output_tokens": event.output_tokens,
+        "cached_input_tokens": event.cached_input_tokens,
+        "timestamp": event.timestamp.isoformat() if event.timestamp else None,
+        "metadata": event.metadata,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class UsageRow:
+    """An event charged by this request, as stored (answered without reading the rows back)."""
+
+    id: str
+    event_id: str
+    user_id: str
+    wallet_id: str
+    meter_code: str
+    quantity: int | None
+    input_tokens: int | None
+    output_tokens: int | None
+    cached_input_tokens: int | None
+    cost: int
+    asset: str
+    balance_after: int
+    transaction_id: str | None
+    batch_id: str | None
+    metadata_: dict[str, Any]
+    occurred_at: datetime
+    created_at: datetime
+
+
+@dataclass
+class Outcome:
+    """One event's answer: its stored row (charged now, or found: ``replayed``), or why it was refused."""
+
+    event: UsageCreate
+    usage: UsageEvent | UsageRow | None = None
+    replayed: bool = False
+    error: DomainError | None = None
+
+
+@dataclass
+class _Pending:
+    index: int
+    event: UsageCreate
+    digest: str
+    user_id: str
+    wallet: Account
+    meter: Meter
+    cost: int
+    row_id: str = field(default_factory=lambda: new_id("usg"))
+
+
+class _Refusals:
+    """Per-batch caches of what was resolved (customers, wallets, meters) or refused."""
+
+    def __init__(self) -> None:
+        self.customers: dict[str, User | DomainError] = {}
+        self.wallets: dict[str, Account | DomainError] = {}
+        self.meters: dict[str, Meter | DomainError] = {}
+
+
+def _other_owner(owner_id: str | None, user_id: str) -> bool:
+    return owner_id is not None and owner_id != user_id
+
+
+async def _resolve_wallet(
+    session: AsyncSession,
+    event: UsageCreate,
+    *,
+    owner_id: str | None,
+    provisioning: Provisioning,
+    cache: _Refusals,
+) -> Account:
+    if event.wallet is not None:
+        found = cache.wallets.get(event.wallet)
+        if found is None:
+            try:
+                found = await ledger_service.get_wallet(session, event.wallet)
+                if _other_owner(owner_id, found.user_id or ""):
+                    raise NotFound(f"No wallet {event.wallet}.", param="wallet")
+            except NotFound:
+                found = NotFound(f"No wallet {event.wallet}.", param="wallet")
+            cache.wallets[event.wallet] = found
+        if isinstance(found, DomainError):
+            raise found
+        return found
+    assert event.customer is not None
+    user = cache.customers.get(event.customer)
+    if user is None:
+        try:
+            user, _ = await customer_or_provision(session, event.customer, provisioning=provisioning)
+            if _other_owner(owner_id, user.id):
+                raise NotFound(f"No customer {event.customer}.", param="customer")
+        except DomainError as error:
+            user = error
+        cache.customers[event.customer] = user
+    if isinstance(user, DomainError):
+        raise user
+    key = f"default:{user.id}"
+    wallet = cache.wallets.get(key)
+    if wallet is None:
+        try:
+            wallet = await ledger_service.default_wallet(session, user_id=user.id)
+        except DomainError as error:
+            wallet = error
+        cache.wallets[key] = wallet
+    if isinstance(wallet, DomainError):
+        raise wallet
+    return wallet
+
+
+async def _resolve_meter(session: AsyncSession, code: str, cache: _Refusals) -> Meter:
+    meter = cache.meters.get(code.lower())
+    if meter is None:
+        try:
+            meter = await catalog_service.get_meter(session, code)
+            if not catalog_service.is_usable(meter):
+                raise Conflict(f"Meter {meter.code} is not active.", code="meter_inactive", param="meter")
+        except NotFound:
+            meter = NotFound(f"No meter {code}.", code="meter_not_found", param="meter")
+        except DomainError as error:
+            meter = error
+        cache.meters[code.lower()] = meter
+    if isinstance(meter, DomainError):
+        raise meter
+    return meter
+
+
+def _cost(meter: Meter, event: UsageCreate) -> int:
+    cost = catalog_service.meter_cost(
+        meter,
+        quantity=event.quantity,
+        input_tokens=event.input_tokens or 0,
+        output_tokens=event.output_tokens or 0,
+        cached_input_tokens=event.cached_input_tokens or 0,
+    )
+    if cost > MAX_AMOUNT:
+        raise InvalidRequest(
+            f"This use would cost {cost}, more than one event may ({MAX_AMOUNT}).",
+            code="cost_too_large",
+            param="quantity" if meter.kind == "unit" else "output_tokens",
+        )
+    return cost
+
+
+def _found_answer(found: UsageEvent, digest: str, owner_id: str | None) -> DomainError | None:
+    """A stored event with this id: the same request by someone who may see it answers it again (None);
+    otherwise the refusal."""
+    if _other_owner(owner_id, found.user_id):
+        return Conflict(
+            "This usage id is already used in this deployment.", code="usage_id_taken", param="id"
+        )
+    if found.request_hash != digest:
+        return IdempotencyError(
+            "This usage id was already used for another event.", code="usage_id_reused", param="id"
+        )
+    return None
+
+
+def _claim_rows(
+    pending: Sequence[_Pending], *, batch_id: str | None, api_key_id: str | None
+) -> list[dict[str, Any]]:
+    """The rows that claim the events' ids. ``balance_after`` holds, until the charge, what the events after
+    this one on the same wallet cost (the charge then adds the wallet's available credits after it)."""
+    after: dict[str, int] = defaultdict(int)
+    suffix: dict[int, int] = {}
+    for item in reversed(pending):
+        suffix[item.index] = after[item.wallet.id]
+        after[item.wallet.id] += item.cost
+    now = utcnow()
+    return [
+        {
+            "id": item.row_id,
+            "event_id": item.event.id,
+            "request_hash": item.digest,
+            "user_id": item.user_id,
+            "wallet_id": item.wallet.id,
+            "meter_code": item.meter.code,
+            "quantity": item.event.quantity,
+            "input_tokens": item.event.input_tokens,
+            "output_tokens": item.event.output_tokens,
+            "cached_input_tokens": item.event.cached_input_tokens,
+            "cost": item.cost,
+            "asset": item.wallet.asset,
+            "balance_after": suffix[item.index],
+            "transaction_id": None,
+            "batch_id": batch_id,
+            "api_key_id": api_key_id,
+            "metadata": item.event.metadata or {},
+            "occurred_at": item.event.timestamp or now,
+            "created_at": now,
+        }
+        for item in sorted(pending, key=lambda item: item.event.id)  # one claim order for every request
+    ]
+
+
+async def _claim(session: AsyncSession, rows: list[dict[str, Any]]) -> set[str]:
+    """Inserts the rows whose ids are free and answers those ids; a concurrent claim of the same id waits for
+    the first claimer to finish, and then finds the id taken (or free again, if it was refused)."""
+    if not rows:
+        return set()
+    table = USAGE
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    # One statement, executed for many rows (SQLAlchemy's "insertmanyvalues": batched multi-row INSERTs with
+    # RETURNING, compiled once and cached), rather than a multi-VALUES statement compiled for every request.
+    stmt: Any = (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
+    stmt = stmt.on_conflict_do_nothing(index_elements=["event_id"]).returning(table.c.event_id)
+    result = await session.execute(stmt, rows)
+    return set(result.scalars().all())
+
+
+async def _stored(session: AsyncSession, event_ids: Sequence[str]) -> dict[str, UsageEvent]:
+    found: dict[str, UsageEvent] = {}
+    unique = sorted(set(event_ids))
+    for start in range(0, len(unique), 500):
+        rows = await session.scalars(
+            select(UsageEvent).where(UsageEvent.event_id.in_(unique[start : start + 500]))
+        )
+        found.update({row.event_id: row for row in rows})
+    return found
+
+
+async def _charge_wallet(
+    session: AsyncSession,
+    *,
+    wallet: Account,
+    items: list[_Pending],
+    key: str,
+    reference: tuple[str, str],
+    owner_id: str | None,
+    actor_user_id: str | None,
+) -> tuple[list[_Pending], dict[int, DomainError], str | None, int]:
+    """Charges what ``items`` cost to ``wallet`` in one ledger spend: all of them, or, when the wallet cannot
+    pay for all, those that fit in order. Answers the charged items, the refusals, the transaction id and the
+    wallet's available credits after."""
+    total = sum(item.cost for item in items)
+    if total == 0:
+        current = await ledger_service.get_wallet(session, wallet.id)
+        return items, {}, None, current.available
+    metadata = {"events": len(items)}
+    try:
+        movement = await ledger_service.spend(
+            session,
+            wallet_id=wallet.id,
+            amount=total,
+            idempotency_key=key,
+            reference=reference,
+            metadata=metadata,
+            actor_user_id=actor_user_id,
+            owner_id=owner_id,
+        )
+    except InsufficientCredits as refusal:
+        if len(items) == 1:
+            return [], {items[0].index: refusal}, None, int(refusal.extra["available"])
+        # The wallet stays locked by this transaction: what it has cannot change until the end of it.
+        limit = int(refusal.extra["available"]) + wallet.overdraft_limit
+        charged: list[_Pending] = []
+        refused: dict[int, DomainError] = {}
+        spent = 0
+        for item in items:
+            if spent + item.cost <= limit:
+                charged.append(item)
+                spent += item.cost
+            else:
+                refused[item.index] = InsufficientCredits(
+                    available=int(refusal.extra["available"]) - spent, asset=wallet.asset, wallet_id=wallet.id
+                )
+        if spent == 0:
+            return charged, refused, None, int(refusal.extra["available"])
+        try:
+            movement = await ledger_service.spend(
+                session,
+                wallet_id=wallet.id,
+                amount=spent,
+                idempotency_key=f"{key}:fit",
+                reference=reference,
+                metadata={"events": len(charged)},
+                actor_user_id=actor_user_id,
+                owner_id=owner_id,
+            )
+        except DomainError as error:
+            return [], {item.index: error for item in items}, None, 0
+        return charged, refused, movement.transaction.id, movement.balances[wallet.id].available
+    except DomainError as error:
+        return [], {item.index: error for item in items}, None, 0
+    return items, {}, movement.transaction.id, movement.balances[wallet.id].available
+
+
+def _suffix_values(items: list[_Pending], available_after: int) -> dict[str, int]:
+    values: dict[str, int] = {}
+    later = 0
+    for item in reversed(items):
+        values[item.row_id] = available_after + later
+        later += item.cost
+    return values
+
+
+async def record_usage(
+    session: AsyncSession,
+    *,
+    events: Sequence[UsageCreate],
+    owner_id: str | None,
+    provisioning: Provisioning,
+    actor_user_id: str | None,
+    api_key_id: str | None,
+    batch_id: str | None = None,
+) -> list[Outcome]:
+    """Prices, claims and charges ``events`` (one, or a batch), answering each: charged, found again
+    (``replayed``), or refused. With ``owner_id`` (a user's own key) only that user's wallets are reachable;
+    another user's wallet or customer is not found. Nothing refused is stored or charged."""
+    outcomes = [Outcome(event=event) for event in events]
+    digests = [_request_hash(event) for event in events]
+    stored = await _stored(session, [event.id for event in events])
+    cache = _Refusals()
+    pending: list[_Pending] = []
+    first_of: dict[str, int] = {}
+    # New customers are created in one order by every request, so two batches never wait on each other.
+    for customer in sorted({event.customer for event in events if event.customer and event.wallet is None}):
+        probe = UsageCreate.model_construct(id="", meter="", customer=customer, wallet=None)
+        with contextlib.suppress(DomainError):  # kept in the cache, answered per event below
+            await _resolve_wallet(session, probe, owner_id=owner_id, provisioning=provisioning, cache=cache)
+    for index, event in enumerate(events):
+        found = stored.get(event.id)
+        if found is not None:
+            answer = _found_answer(found, digests[index], owner_id)
+            if answer is not None:
+                outcomes[index].error = answer
+            else:
+                outcomes[index].usage, outcomes[index].replayed = found, True
+            continue
+        if event.id in first_of:  # the same id earlier in this batch: answered once it is settled
+            continue
+        first_of[event.id] = index
+        try:
+            if (event.customer is None) == (event.wallet is None):
+                raise InvalidRequest(
+                    "Give exactly one of customer or wallet.", code="customer_or_wallet", param="customer"
+                )
+            wallet = await _resolve_wallet(
+                session, event, owner_id=owner_id, provisioning=provisioning, cache=cache
+            )
+            meter = await _resolve_meter(session, event.meter, cache)
+            if wallet.asset != CREDIT:
+                raise InvalidRequest("Usage is charged in credits.", code="asset_mismatch", param="wallet")
+            cost = _cost(meter, event)
+        except DomainError as error:
+            outcomes[index].error = error
+            continue
+        assert wallet.user_id is not None
+        pending.append(_Pending(index, event, digests[index], wallet.user_id, wallet, meter, cost))
+    rows = _claim_rows(pending, batch_id=batch_id, api_key_id=api_key_id)
+    claimed = await _claim(session, rows)
+    if len(claimed) < len(pending):  # claimed meanwhile by a request that has finished: answer its event
+        raced = await _stored(session, [item.event.id for item in pending if item.event.id not in claimed])
+        for item in pending:
+            if item.event.id in claimed:
+                continue
+            found = raced.get(item.event.id)
+            if found is None:  # pragma: no cover - the claim failed, so a row exists
+                outcomes[item.index].error = Conflict(
+                    "This usage id is being recorded by another request.", code="usage_id_in_use", param="id"
+                )
+                continue
+            answer = _found_answer(found, item.digest, owner_id)
+            if answer is not None:
+                outcomes[item.index].error = answer
+            else:
+                outcomes[item.index].usage, outcomes[item.index].replayed = found, True
+        pending = [item for item in pending if item.event.id in claimed]
+    by_wallet: dict[str, list[_Pending]] = defaultdict(list)
+    for item in pending:
+        by_wallet[item.wallet.id].append(item)
+    refused_rows: list[str] = []
+    charged_rows: dict[str, _Pending] = {}
+    claim_rows = {row["id"]: row for row in rows}
+    final: dict[str, tuple[int, str | None]] = {}
+    for wallet_id in sorted(by_wallet):  # wallets are locked in id order
+        items = by_wallet[wallet_id]
+        key = f"usage:{batch_id}:{wallet_id}" if batch_id else f"usage:{items[0].row_id}"
+        reference = ("usage_batch", batch_id) if batch_id else ("usage", items[0].event.id)
+        charged, refused, transaction_id, available_after = await _charge_wallet(
+            session,
+            wallet=items[0].wallet,
+            items=items,
+            key=key,
+            reference=reference,
+            owner_id=owner_id,
+            actor_user_id=actor_user_id,
+        )
+        for index, refusal in refused.items():
+            outcomes[index].error = refusal
+        refused_rows.extend(item.row_id for item in items if item.index in refused)
+        if not charged:
+            continue
+        table = USAGE
+        if len(charged) == len(items):
+            # The claim rows hold what later events cost: one statement settles them all.
+            for item in charged:
+                final[item.row_id] = (
+                    claim_rows[item.row_id]["balance_after"] + available_after,
+                    transaction_id,
+                )
+            await session.execute(
+                update(table)
+                .where(table.c.id.in_([item.row_id for item in charged]))
+                .values(balance_after=table.c.balance_after + available_after, transaction_id=transaction_id)
+            )
+        else:
+            values = _suffix_values(charged, available_after)
+            final.update({row_id: (after, transaction_id) for row_id, after in values.items()})
+            await session.execute(
+                update(table)
+                .where(table.c.id == bindparam("row_id"))
+                .values(balance_after=bindparam("after"), transaction_id=transaction_id),
+                [{"row_id": row_id, "after": after} for row_id, after in values.items()],
+                execution_options={"synchronize_session": False},
+            )
+        charged_rows.update({item.row_id: item for item in charged})
+    if refused_rows:
+        table = USAGE
+        for start in range(0, len(refused_rows), 500):
+            await session.execute(delete(table).where(table.c.id.in_(refused_rows[start : start + 500])))
+    for row_id, item in charged_rows.items():
+        row = claim_rows[row_id]
+        after, transaction = final[row_id]
+        outcomes[item.index].usage = UsageRow(
+            id=row_id,
+            event_id=row["event_id"],
+            user_id=row["user_id"],
+            wallet_id=row["wallet_id"],
+            meter_code=row["meter_code"],
+            quantity=row["quantity"],
+            input_tokens=row["input_tokens"],
+            output_tokens=row["output_tokens"],
+            cached_input_tokens=row["cached_input_tokens"],
+            cost=row["cost"],
+            asset=row["asset"],
+            balance_after=after,
+            transaction_id=transaction,
+            batch_id=row["batch_id"],
+            metadata_=row["metadata"],
+            occurred_at=row["occurred_at"],
+            created_at=row["created_at"],
+        )
+    # Repeats of an id within the batch answer as their first occurrence settled.
+    for index, event in enumerate(events):
+        first = first_of.get(event.id)
+        if first is None or first == index:
+            continue
+        settled = outcomes[first]
+        if digests[first] != digests[index]:
+            outcomes[index].error = IdempotencyError(
+                "This usage id was already used for another event.", code="usage_id_reused", param="id"
+            )
+        elif settled.usage is not None:
+            outcomes[index].usage, outcomes[index].replayed = settled.usage, True
+        else:
+            outcomes[index].error = settled.error
+    return outcomes
+
+
+# ---------------------------------------------------------------- reads
+
+
+async def get_usage(session: AsyncSession, event_id: str) -> UsageEvent:
+    found = await session.scalar(select(UsageEvent).where(UsageEvent.event_id == event_id))
+    if found is None:
+        raise NotFound(f"No usage event {event_id}.", param="id")
+    return found
+
+
+def _filtered(
+    *,
+    user_id: str | None,
+    wallet_id: str | None,
+    meter: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> Any:
+    stmt = select(UsageEvent)
+    if user_id is not None:
+        stmt = stmt.where(UsageEvent.user_id == user_id)
+    if wallet_id is not None:
+        stmt = stmt.where(UsageEvent.wallet_id == wallet_id)
+    if meter is not None:
+        stmt = stmt.where(UsageEvent.meter_code == catalog_service.normalize_code(meter))
+    if since is not None:
+        stmt = stmt.where(UsageEvent.occurred_at >= since)
+    if until is not None:
+        stmt = stmt.where(UsageEvent.occurred_at < until)
+    return stmt
+
+
+async def list_usage(
+    session: AsyncSession,
+    *,
+    params: PageParams,
+    user_id: str | None = None,
+    wallet_id: str | None = None,
+    meter: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Page[UsageEvent]:
+    """Newest received first. The cursors are usage ids (the app's own), as the answers show them."""
+    cursors: dict[str, str | None] = {"starting_after": None, "ending_before": None}
+    for name in cursors:
+        value = getattr(params, name)
+        if value is not None:
+            try:
+                cursors[name] = (await get_usage(session, value)).id
+            except NotFound:
+                raise InvalidRequest(f"No usage event {value}.", code="invalid_cursor", param=name) from None
+    inner = PageParams(limit=params.limit, **cursors)
+    stmt = _filtered(user_id=user_id, wallet_id=wallet_id, meter=meter, since=since, until=until)
+    return await paginate(session, stmt, UsageEvent.id, inner)
+
+
+@dataclass
+class SummaryRow:
+    day: date
+    meter: str
+    asset: str
+    events: int = 0
+    quantity: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cost: int = 0
+
+
+def report_zone(settings: Settings) -> ZoneInfo:
+    return ZoneInfo(settings.report_tz)
+
+
+async def summarize_usage(
+    session: AsyncSession,
+    *,
+    zone: ZoneInfo,
+    user_id: str | None = None,
+    wallet_id: str | None = None,
+    meter: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[SummaryRow]:
+    """Per meter per day (in ``zone``, ``PREPAID_REPORT_TZ``): events, counts and cost; newest day first."""
+    base = _filtered(user_id=user_id, wallet_id=wallet_id, meter=meter, since=since, until=until)
+    stmt = base.with_only_columns(
+        UsageEvent.occurred_at,
+        UsageEvent.meter_code,
+        UsageEvent.asset,
+        UsageEvent.quantity,
+        UsageEvent.input_tokens,
+        UsageEvent.output_tokens,
+        UsageEvent.cached_input_tokens,
+        UsageEvent.cost,
+    )
+    rows: dict[tuple[date, str, str], SummaryRow] = {}
+    result = await session.execute(stmt)
+    for occurred_at, meter_code, asset, quantity, inputs, outputs, cached, cost in result:
+        day = occurred_at.astimezone(zone).date()
+        row = rows.get((day, meter_code, asset))
+        if row is None:
+            row = rows[(day, meter_code, asset)] = SummaryRow(day=day, meter=meter_code, asset=asset)
+        row.events += 1
+        row.quantity += quantity or 0
+        row.input_tokens += inputs or 0
+        row.output_tokens += outputs or 0
+        row.cached_input_tokens += cached or 0
+        row.cost += cost
+    return sorted(rows.values(), key=lambda row: (-row.day.toordinal(), row.meter))
+
+
+async def customer_transactions(
+    session: AsyncSession, *, wallet: Account, params: PageParams
+) -> Page[Transaction]:
+    return await ledger_service.list_transactions(session, wallet=wallet, params=params)
