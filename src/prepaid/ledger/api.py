@@ -1,7 +1,8 @@
 """Wallets, transactions, lots, grants, debits, holds and transfers over HTTP.
 
 Routes authorise through ``ledger.access`` (another user's wallet answers 404), make one movement through
-``ledger.service`` with the caller's ``idempotency_key`` scoped by ``access.ledger_key``, and answer a schema.
+``ledger.service`` with the caller's ``idempotency_key`` scoped by ``access.ledger_key``, announce it
+(``balance.updated`` on each moved wallet's owner's stream, after commit; not for a replay) and answer a schema.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from prepaid.ledger.schemas import (
     WalletRead,
     WalletUpdate,
 )
+from prepaid.notify import realtime
 from prepaid.pagination import ListResponse
 from prepaid.schemas import Timestamp
 
@@ -130,6 +132,15 @@ async def _movement_read(
     transaction_id = movement.transaction.id
     postings = await service.postings_by_transaction(session, transaction_ids=[transaction_id])
     return MovementRead.of(movement, postings[transaction_id], wallet_id=wallet_id, to_wallet_id=to_wallet_id)
+
+
+async def _balances_updated(session: AsyncSession, movement: service.Movement) -> None:
+    """``balance.updated`` to the owner of each wallet the movement changed, published when the request's
+    transaction commits. A replay changed nothing and announces nothing."""
+    if movement.replayed:
+        return
+    for wallet_id in sorted(movement.balances):
+        await realtime.balance_updated(session, wallet_id=wallet_id)
 
 
 # ---------------------------------------------------------------- wallets
@@ -234,6 +245,7 @@ async def grant_credits(
         expires_at=body.expires_at,
         memo=body.reason,
     )
+    await _balances_updated(session, movement)
     return await _movement_read(session, movement, wallet_id=wallet.id)
 
 
@@ -251,6 +263,7 @@ async def debit_wallet(
         memo=body.reason,
         actor_user_id=principal.user.id,
     )
+    await _balances_updated(session, movement)
     return await _movement_read(session, movement, wallet_id=wallet_id)
 
 
@@ -270,6 +283,7 @@ async def create_hold(body: HoldCreate, principal: Principal, session: Session) 
         )
     except NotFound:
         raise NotFound(f"No wallet {body.wallet}.", param="wallet") from None
+    await _balances_updated(session, movement)
     return await _movement_read(session, movement, wallet_id=body.wallet)
 
 
@@ -290,6 +304,7 @@ async def capture_hold(
         memo=body.reason,
         actor_user_id=principal.user.id,
     )
+    await _balances_updated(session, movement)
     return await _movement_read(session, movement, wallet_id=hold.wallet_id)
 
 
@@ -304,6 +319,7 @@ async def release_hold(
         memo=body.reason,
         actor_user_id=principal.user.id,
     )
+    await _balances_updated(session, movement)
     return await _movement_read(session, movement, wallet_id=hold.wallet_id)
 
 
@@ -327,5 +343,6 @@ async def transfer_credits(
         memo=body.reason,
         actor_user_id=principal.user.id,
     )
+    await _balances_updated(session, movement)
     shown = target.id if access.shows_balance(principal, target) else None
     return await _movement_read(session, movement, wallet_id=source.id, to_wallet_id=shown)

@@ -12,6 +12,10 @@ order, so a request never waits for a claim while holding a wallet another claim
 A batch charges each wallet once: one ledger ``spend`` of the sum of its events' costs. When the wallet cannot
 pay for all of them, the ledger's refusal names what is available (the wallet stays locked), and the events that
 fit are charged in order, skipping the ones that do not.
+
+Events: each wallet a request charged pushes one ``balance.updated`` to its owner's stream, and each event
+charged now (not a replay, not a refused one) queues one ``usage.recorded`` webhook per subscribed endpoint, in
+the request's transaction.
 """
 
 from __future__ import annotations
@@ -46,10 +50,12 @@ from prepaid.ledger.schemas import MAX_AMOUNT
 from prepaid.metering.models import UsageEvent
 from prepaid.metering.schemas import UsageCreate
 from prepaid.money import CREDIT
+from prepaid.notify import realtime, webhooks_out
 from prepaid.pagination import Page, PageParams, paginate
 from prepaid.settings import Settings
 
 USAGE = cast(Table, UsageEvent.__table__)
+USAGE_RECORDED = "usage.recorded"
 
 # ---------------------------------------------------------------- customers
 
@@ -446,8 +452,8 @@ async def _charge_wallet(
     actor_user_id: str | None,
 ) -> tuple[list[_Pending], dict[int, DomainError], str | None, int]:
     """Charges what ``items`` cost to ``wallet`` in one ledger spend: all of them, or, when the wallet cannot
-    pay for all, those that fit in order. Answers the charged items, the refusals, the transaction id and the
-    wallet's available credits after."""
+    pay for all, those that fit in order. Answers the charged items, the refusals, the transaction id (None
+    when no credits moved) and the wallet's available credits after."""
     total = sum(item.cost for item in items)
     if total == 0:
         current = await ledger_service.get_wallet(session, wallet.id)
@@ -499,6 +505,38 @@ async def _charge_wallet(
     except DomainError as error:
         return [], {item.index: error for item in items}, None, 0
     return items, {}, movement.transaction.id, movement.balances[wallet.id].available
+
+
+def _usage_data(row: UsageRow) -> dict[str, Any]:
+    """What ``usage.recorded`` says of an event (the webhook body adds the customer's id and external id).
+    The event's ``metadata`` is not carried: it is the app's own JSON, which may hold floats."""
+    return {
+        "usage_id": row.event_id,
+        "wallet_id": row.wallet_id,
+        "meter": row.meter_code,
+        "quantity": row.quantity,
+        "input_tokens": row.input_tokens,
+        "output_tokens": row.output_tokens,
+        "cached_input_tokens": row.cached_input_tokens,
+        "cost": row.cost,
+        "asset": row.asset,
+        "balance_after": row.balance_after,
+        "transaction_id": row.transaction_id,
+        "batch_id": row.batch_id,
+        "timestamp": row.occurred_at,
+    }
+
+
+async def _usage_recorded(session: AsyncSession, rows: Sequence[UsageRow]) -> None:
+    """``usage.recorded`` for each event charged now, queued for the endpoints subscribed to it in this
+    transaction. It is a webhook type only (not streamed), so it is queued with ``webhooks_out.enqueue``
+    exactly as ``realtime.emit`` would; the endpoints are read once per transaction, so when the first event
+    queues nothing no endpoint takes the type and the rest are not even built (a batch pays nothing for a
+    webhook nobody subscribed to)."""
+    for row in rows:
+        event = realtime.make_event(type=USAGE_RECORDED, data=_usage_data(row))
+        if not await webhooks_out.enqueue(session, user_id=row.user_id, event=event):
+            return
 
 
 def _suffix_values(items: list[_Pending], available_after: int) -> dict[str, int]:
@@ -607,6 +645,8 @@ async def record_usage(
         refused_rows.extend(item.row_id for item in items if item.index in refused)
         if not charged:
             continue
+        if transaction_id is not None:  # credits moved: the owner's stream shows the wallet as it is now
+            await realtime.balance_updated(session, wallet_id=wallet_id)
         table = USAGE
         if len(charged) == len(items):
             # The claim rows hold what later events cost: one statement settles them all.
@@ -657,6 +697,8 @@ async def record_usage(
             occurred_at=row["occurred_at"],
             created_at=row["created_at"],
         )
+    charged_now = sorted(charged_rows.values(), key=lambda item: item.index)
+    await _usage_recorded(session, [cast(UsageRow, outcomes[item.index].usage) for item in charged_now])
     # Repeats of an id within the batch answer as their first occurrence settled.
     for index, event in enumerate(events):
         first = first_of.get(event.id)
