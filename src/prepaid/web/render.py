@@ -1,0 +1,164 @@
+"""What every server-rendered page shares: the template environment, rendering with the CSRF tokens, who is
+signed in, and turning validation and domain errors into messages next to form fields.
+
+Browsers authenticate with an HttpOnly, SameSite=Lax session cookie. Every form carries a CSRF token: the
+session's own once signed in (``csrf_token``, also in ``<meta name="csrf-token">`` for the pages' scripts,
+which send it as ``X-CSRF-Token`` on cookie-authenticated ``/v1`` calls), and before that a random token that
+must match a ``prepaid_csrf`` cookie (double submit). Templates autoescape everything, SVG included.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from prepaid.auth import service as auth_service
+from prepaid.deps import credentials_from
+from prepaid.errors import DomainError
+from prepaid.notify.email import format_credits, format_money
+from prepaid.settings import Settings
+
+templates = Jinja2Templates(
+    env=Environment(
+        loader=FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=select_autoescape(["html", "svg", "xml"], default_for_string=True),
+    )
+)
+templates.env.filters["money"] = format_money  # {{ 450000 | money("INR") }} -> ₹4,500.00
+templates.env.filters["credits"] = format_credits  # {{ amount | credits(credit_scale) }}
+FORM_CSRF_COOKIE = "prepaid_csrf"
+FormText = Annotated[str, Form(max_length=1000)]
+FieldErrors = dict[str, str]
+
+
+def is_secure(settings: Settings) -> bool:
+    return settings.base_url.startswith("https://")
+
+
+def safe_next(target: str, default: str = "/account") -> str:
+    """Only same-site paths: never an open redirect."""
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return default
+
+
+def render(
+    request: Request,
+    name: str,
+    context: dict[str, Any],
+    *,
+    settings: Settings,
+    principal: auth_service.Principal | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    """Render a page. With a signed-in ``principal`` the page gets ``user`` and the session's ``csrf_token``;
+    every page also gets ``form_csrf`` (the double-submit token of the sign-in forms), ``errors`` (empty) and
+    ``credit_scale``."""
+    form_csrf = request.cookies.get(FORM_CSRF_COOKIE) or secrets.token_urlsafe(24)
+    signed_in: dict[str, Any] = {"user": None, "csrf_token": None, "is_admin": False}
+    if principal is not None and principal.web_session is not None:
+        signed_in = {
+            "user": principal.user,
+            "csrf_token": principal.web_session.csrf_token,
+            "is_admin": "admin" in principal.user.roles,
+        }
+    response = templates.TemplateResponse(
+        request,
+        name,
+        {"form_csrf": form_csrf, "errors": {}, "credit_scale": settings.credit_scale, **signed_in, **context},
+        status_code=status_code,
+    )
+    response.set_cookie(
+        FORM_CSRF_COOKIE, form_csrf, httponly=True, samesite="strict", secure=is_secure(settings), path="/"
+    )
+    return response
+
+
+def message(
+    request: Request,
+    settings: Settings,
+    *,
+    heading: str,
+    text: str,
+    tone: str = "error",
+    link: str | None = None,
+    link_text: str = "",
+    status_code: int = 200,
+    principal: auth_service.Principal | None = None,
+) -> HTMLResponse:
+    context = {"heading": heading, "message": text, "tone": tone, "link": link, "link_text": link_text}
+    return render(
+        request, "message.html", context, status_code=status_code, settings=settings, principal=principal
+    )
+
+
+def form_csrf_ok(request: Request, presented: str) -> bool:
+    """The double-submit check of forms shown before sign-in."""
+    expected = request.cookies.get(FORM_CSRF_COOKIE)
+    return bool(expected) and hmac.compare_digest(expected or "", presented)
+
+
+def session_csrf_ok(principal: auth_service.Principal, presented: str) -> bool:
+    """The check of forms shown to a signed-in user."""
+    return principal.web_session is not None and auth_service.csrf_matches(principal.web_session, presented)
+
+
+def refused(
+    request: Request, settings: Settings, principal: auth_service.Principal | None = None
+) -> HTMLResponse:
+    return message(
+        request,
+        settings,
+        heading="Form expired",
+        text="This form is no longer valid; reload the page and try again.",
+        status_code=403,
+        principal=principal,
+    )
+
+
+async def signed_in(
+    request: Request, session: AsyncSession, settings: Settings
+) -> auth_service.Principal | None:
+    """The browser session's principal, or None (no cookie, an ended session, a deactivated user)."""
+    credentials = credentials_from(request)
+    if credentials.session_cookie is None:
+        return None
+    try:
+        principal = await auth_service.resolve_principal(
+            session,
+            credentials=auth_service.Credentials(session_cookie=credentials.session_cookie),
+            settings=settings,
+        )
+    except DomainError:
+        return None
+    return principal if principal is not None and principal.web_session is not None else None
+
+
+def to_login(request: Request) -> RedirectResponse:
+    """Send a signed-out visitor to the sign-in page, coming back here afterwards."""
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?next={safe_next(target)}", status_code=303)
+
+
+def validation_errors(error: ValidationError) -> FieldErrors:
+    """Pydantic's errors keyed by the top-level field they concern, each a sentence for a person."""
+    errors: FieldErrors = {}
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "form"
+        text = item["msg"].removeprefix("Value error, ")
+        errors.setdefault(field, text[:1].upper() + text[1:])
+    return errors
+
+
+def domain_errors(error: DomainError) -> FieldErrors:
+    """A domain error shown next to the field it names (``param``), or at the top of the form."""
+    return {error.param or "form": error.message}
