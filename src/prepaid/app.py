@@ -46,6 +46,7 @@ from prepaid.responses import install_error_handlers
 from prepaid.runner import Job, JobRunner
 from prepaid.settings import Settings
 from prepaid.web.api import router as web_router
+from prepaid.web.render import install_page_handlers
 
 WEB_DIR = Path(__file__).parent / "web"
 DOCS_CSP = (
@@ -180,6 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.mailer = mailer
     app.state.clock = utcnow  # metering: the sessions' time source (tests replace it)
     install_error_handlers(app)
+    install_page_handlers(app)  # web pages: redirect to sign in, refuse a form without its CSRF token
 
     v1 = [Depends(_limit_by_caller)]
     app.include_router(auth_router, dependencies=v1)

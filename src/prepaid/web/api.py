@@ -19,6 +19,7 @@ from prepaid.errors import DomainError
 from prepaid.settings import Settings
 from prepaid.web.render import (
     FormText,
+    PageUser,
     domain_errors,
     form_csrf_ok,
     is_secure,
@@ -159,16 +160,8 @@ async def logout_submit(
 
 
 @router.get("/account")
-async def account_page(request: Request, session: Session, settings: SettingsDep) -> Response:
-    principal = await signed_in(request, session, settings)
-    if principal is None or principal.web_session is None:
-        return RedirectResponse("/login?next=/account", status_code=303)
-    return render(
-        request,
-        "account.html",
-        {"user": principal.user, "csrf_token": principal.web_session.csrf_token},
-        settings=settings,
-    )
+async def account_page(request: Request, principal: PageUser, settings: SettingsDep) -> Response:
+    return render(request, "account.html", {}, settings=settings, principal=principal)
 
 
 @router.get("/reset-password")

@@ -14,15 +14,15 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi import Depends, FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prepaid.auth import service as auth_service
-from prepaid.deps import credentials_from
+from prepaid.deps import Session, SettingsDep, credentials_from
 from prepaid.errors import DomainError
 from prepaid.notify.email import format_credits, format_money
 from prepaid.settings import Settings
@@ -162,3 +162,72 @@ def validation_errors(error: ValidationError) -> FieldErrors:
 def domain_errors(error: DomainError) -> FieldErrors:
     """A domain error shown next to the field it names (``param``), or at the top of the form."""
     return {error.param or "form": error.message}
+
+
+# ---------------------------------------------------------------- page dependencies
+
+
+class PageInterrupt(Exception):
+    """Raised by a page dependency to answer with ``response`` instead of the page (a redirect to sign in, a
+    refusal); the request's transaction is rolled back."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+async def _page_user(request: Request, session: Session, settings: SettingsDep) -> auth_service.Principal:
+    principal = await signed_in(request, session, settings)
+    if principal is None:
+        raise PageInterrupt(to_login(request))
+    return principal
+
+
+PageUser = Annotated[auth_service.Principal, Depends(_page_user)]
+
+
+async def _page_admin(request: Request, principal: PageUser, settings: SettingsDep) -> auth_service.Principal:
+    if "admin" not in principal.user.roles:
+        raise PageInterrupt(
+            message(
+                request,
+                settings,
+                heading="Admins only",
+                text="This page is for the shop's admins.",
+                status_code=403,
+                principal=principal,
+            )
+        )
+    return principal
+
+
+PageAdmin = Annotated[auth_service.Principal, Depends(_page_admin)]
+
+
+async def _form_user(
+    request: Request, principal: PageUser, settings: SettingsDep, csrf_token: FormText = ""
+) -> auth_service.Principal:
+    if not session_csrf_ok(principal, csrf_token):
+        raise PageInterrupt(refused(request, settings, principal))
+    return principal
+
+
+async def _form_admin(
+    request: Request, principal: PageAdmin, settings: SettingsDep, csrf_token: FormText = ""
+) -> auth_service.Principal:
+    if not session_csrf_ok(principal, csrf_token):
+        raise PageInterrupt(refused(request, settings, principal))
+    return principal
+
+
+# A signed-in user's form post, its ``csrf_token`` field checked against the session's (403 page otherwise).
+FormUser = Annotated[auth_service.Principal, Depends(_form_user)]
+FormAdmin = Annotated[auth_service.Principal, Depends(_form_admin)]
+
+
+def install_page_handlers(app: FastAPI) -> None:
+    async def answer(_request: Request, interrupt: Exception) -> Response:
+        assert isinstance(interrupt, PageInterrupt)
+        return interrupt.response
+
+    app.add_exception_handler(PageInterrupt, answer)
