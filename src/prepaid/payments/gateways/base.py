@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+import structlog
+
 from prepaid.errors import GatewayError as _GatewayErrorBase
 from prepaid.errors import InvalidRequest
 
@@ -76,6 +78,17 @@ class GatewayUnavailable(GatewayError):
 
     default_code = "gateway_unavailable"
     retryable = True
+
+
+def unreadable_answer(gateway: str, label: str, what: str, error: Exception) -> GatewayUnavailable:
+    """The error for an answer the SDK could not read (a proxy's error page, a body of the wrong shape): logged
+    by its type only, never its content, and retryable."""
+    structlog.get_logger("prepaid.payments").warning(
+        "gateway_unreadable_answer", gateway=gateway, action=what, error=type(error).__name__
+    )
+    return GatewayUnavailable(
+        f"{label} answered with something unreadable to {what} ({type(error).__name__}).", gateway=gateway
+    )
 
 
 class GatewayRefused(GatewayError):

@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 import razorpay
 import razorpay.errors
 import requests
-import structlog
 
 from prepaid.errors import InvalidRequest
 from prepaid.payments.gateways.base import (
@@ -53,10 +52,10 @@ from prepaid.payments.gateways.base import (
     best_status,
     from_timestamp,
     lower_headers,
+    unreadable_answer,
 )
 
 T = TypeVar("T")
-log = structlog.get_logger("prepaid.payments")
 
 NAME = "razorpay"
 DEFAULT_API_BASE = "https://api.razorpay.com"
@@ -186,22 +185,16 @@ class RazorpayGateway:
             raise GatewayRefused(f"Razorpay refused to {what}: {error}", gateway=NAME) from None
         except (razorpay.errors.GatewayError, razorpay.errors.ServerError) as error:
             raise GatewayUnavailable(f"Razorpay failed to {what}: {error}", gateway=NAME) from None
-        except requests.exceptions.JSONDecodeError:
-            raise GatewayUnavailable(
-                f"Razorpay answered with something unreadable to {what} (not JSON).", gateway=NAME
-            ) from None
         except requests.exceptions.RequestException as error:
+            if isinstance(error, requests.exceptions.JSONDecodeError):
+                raise unreadable_answer(NAME, "Razorpay", what, error) from None
             raise GatewayUnavailable(
                 f"Razorpay could not be reached to {what} ({type(error).__name__}).", gateway=NAME
             ) from None
         except (
             Exception
         ) as error:  # a body that is not JSON (a proxy's error page), or not the shape expected
-            log.warning("gateway_unreadable_answer", gateway=NAME, action=what, error=type(error).__name__)
-            raise GatewayUnavailable(
-                f"Razorpay answered with something unreadable to {what} ({type(error).__name__}).",
-                gateway=NAME,
-            ) from None
+            raise unreadable_answer(NAME, "Razorpay", what, error) from None
 
     # --- payments --------------------------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import stripe
-import structlog
 
 from prepaid.errors import InvalidRequest
 from prepaid.payments.gateways.base import (
@@ -42,10 +41,10 @@ from prepaid.payments.gateways.base import (
     as_str,
     from_timestamp,
     lower_headers,
+    unreadable_answer,
 )
 
 T = TypeVar("T")
-log = structlog.get_logger("prepaid.payments")
 
 NAME = "stripe"
 DEFAULT_API_BASE = "https://api.stripe.com"
@@ -151,10 +150,7 @@ class StripeGateway:
                 f"Stripe refused to {what}: {_message(error)}", gateway=NAME, gateway_code=error.code
             ) from None
         except Exception as error:  # an answer the SDK could not read
-            log.warning("gateway_unreadable_answer", gateway=NAME, action=what, error=type(error).__name__)
-            raise GatewayUnavailable(
-                f"Stripe answered with something unreadable to {what} ({type(error).__name__}).", gateway=NAME
-            ) from None
+            raise unreadable_answer(NAME, "Stripe", what, error) from None
 
     # --- payments --------------------------------------------------------------------------------------------
 
