@@ -27,9 +27,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import JSON, DateTime, MetaData, event, exc
+from sqlalchemy import JSON, DateTime, MetaData, event, exc, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -56,8 +56,23 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+RowT = TypeVar("RowT", bound=Base)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+async def lock_row(session: AsyncSession, model: type[RowT], row_id: str) -> RowT | None:
+    """The row with this primary key, locked until the transaction ends (``FOR UPDATE`` on PostgreSQL;
+    SQLite's write lock is held from ``BEGIN IMMEDIATE``) and read afresh, or None when there is none."""
+    row: RowT | None = await session.scalar(
+        select(model)
+        .where(model.__mapper__.primary_key[0] == row_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return row
 
 
 class UTCDateTime(TypeDecorator[datetime]):

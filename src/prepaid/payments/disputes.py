@@ -30,6 +30,7 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prepaid.audit import service as audit_service
+from prepaid.db import lock_row
 from prepaid.errors import Conflict, DomainError, InvalidRequest, NotFound
 from prepaid.ids import new_id
 from prepaid.ledger import service as ledger_service
@@ -126,15 +127,10 @@ async def get_dispute(session: AsyncSession, dispute_id: str) -> PaymentDispute:
 
 
 async def _lock_dispute(session: AsyncSession, dispute_id: str) -> PaymentDispute:
-    dispute = await session.scalar(
-        select(PaymentDispute)
-        .where(PaymentDispute.id == dispute_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    if dispute is None:
+    row = await lock_row(session, PaymentDispute, dispute_id)
+    if row is None:
         raise _not_found(dispute_id)
-    return dispute
+    return row
 
 
 async def messages_of(session: AsyncSession, dispute_id: str) -> list[PaymentDisputeMessage]:

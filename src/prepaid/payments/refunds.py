@@ -30,7 +30,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prepaid.audit import service as audit_service
-from prepaid.db import Database, utcnow
+from prepaid.db import Database, lock_row, utcnow
 from prepaid.errors import Conflict, InvalidRequest, NotFound
 from prepaid.ids import new_id
 from prepaid.ledger import service as ledger_service
@@ -177,27 +177,17 @@ async def refunded_totals(session: AsyncSession, *, user_id: str) -> tuple[dict[
 
 
 async def _lock_order(session: AsyncSession, order_id: str) -> PaymentOrder:
-    order = await session.scalar(
-        select(PaymentOrder)
-        .where(PaymentOrder.id == order_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    if order is None:
+    row = await lock_row(session, PaymentOrder, order_id)
+    if row is None:
         raise NotFound(f"No order {order_id}.", param="order_id")
-    return order
+    return row
 
 
 async def _lock_refund(session: AsyncSession, refund_id: str) -> PaymentRefund:
-    refund = await session.scalar(
-        select(PaymentRefund)
-        .where(PaymentRefund.id == refund_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    if refund is None:
+    row = await lock_row(session, PaymentRefund, refund_id)
+    if row is None:
         raise NotFound(f"No refund {refund_id}.", param="refund_id")
-    return refund
+    return row
 
 
 async def _refunded(session: AsyncSession, *, order_id: str, payment_id: str) -> tuple[int, int]:

@@ -32,7 +32,7 @@ from prepaid.auth.models import User
 from prepaid.catalog import pricing
 from prepaid.catalog import service as catalog_service
 from prepaid.catalog.schemas import QuoteRead
-from prepaid.db import Database, utcnow
+from prepaid.db import Database, lock_row, utcnow
 from prepaid.errors import Conflict, InvalidRequest, NotFound
 from prepaid.ids import new_id
 from prepaid.ledger import service as ledger_service
@@ -123,17 +123,11 @@ async def get_order(session: AsyncSession, order_id: str) -> PaymentOrder:
 
 
 async def _lock_order(session: AsyncSession, order_id: str) -> PaymentOrder:
-    """The order row, locked until the transaction ends (``FOR UPDATE`` on PostgreSQL; SQLite's write lock is
-    held from ``BEGIN IMMEDIATE``) and read afresh: every change to an order starts here."""
-    order = await session.scalar(
-        select(PaymentOrder)
-        .where(PaymentOrder.id == order_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    if order is None:
+    """Every change to an order starts here, with its row locked and read afresh."""
+    row = await lock_row(session, PaymentOrder, order_id)
+    if row is None:
         raise _not_found(order_id)
-    return order
+    return row
 
 
 async def attempts_of(session: AsyncSession, order_id: str) -> list[PaymentAttempt]:
