@@ -45,8 +45,13 @@ from prepaid.ratelimit import RateLimiter
 from prepaid.responses import install_error_handlers
 from prepaid.runner import Job, JobRunner
 from prepaid.settings import Settings
+from prepaid.web import admin as admin_pages
+from prepaid.web import stats_api
+from prepaid.web.account import router as account_router
+from prepaid.web.admin_catalog import router as admin_catalog_router
 from prepaid.web.api import router as web_router
 from prepaid.web.render import install_page_handlers
+from prepaid.web.shop import router as shop_router
 
 WEB_DIR = Path(__file__).parent / "web"
 DOCS_CSP = (
@@ -202,6 +207,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(checkout_pages.router)  # return page, order status, checkout_url, guest claim
     app.include_router(_ops_router())
     app.include_router(web_router)
+    app.include_router(shop_router)  # / (prices) and /buy
+    app.include_router(admin_catalog_router)  # the admin panel's catalog and webhook pages
+    app.include_router(account_router)  # /account: wallets, orders, disputes, keys, notifications
+    app.include_router(stats_api.router, dependencies=v1)  # GET /v1/admin/stats
+    app.include_router(admin_pages.router)  # the admin panel: dashboard, users, orders, disputes, audit
     if "sandbox" in settings.gateway_names:
         app.include_router(sandbox_pages.router)  # the sandbox gateway's hosted checkout (not under /v1)
     app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")

@@ -1,6 +1,7 @@
 """The realtime stream on real ``prepaid serve`` processes, through a real WebSocket client (``websockets``): a
 buyer connected to ``/v1/stream`` sees ``order.paid`` and ``balance.updated`` when their order is paid on the
-sandbox, and no one else sees them; credentials and the browser cookie's ``Origin`` are checked at the
+sandbox, and no one else sees them; a metered session's ``session.tick`` and the ``wallet.low_balance`` its hold
+causes reach its owner only (on SQLite and PostgreSQL); credentials and the browser cookie's ``Origin`` are checked at the
 handshake. On PostgreSQL, with one ``serve --workers 2`` and a second ``serve`` process, an event caused through
 the first reaches clients connected to either (LISTEN/NOTIFY, or Redis pub/sub when configured)."""
 
@@ -189,3 +190,100 @@ def test_an_event_caused_through_one_process_reaches_clients_of_the_others(
         assert len({paid["id"] for paid, _balance in seen}) == 1  # one event, fanned out
     with httpx.Client(base_url=second.base_url) as http:
         assert http.get(f"/v1/orders/{order['id']}", headers=shop.buyer).json()["status"] == "fulfilled"
+
+
+def events_until(client: ClientConnection, wanted: set[str]) -> list[dict[str, Any]]:
+    """Events received until one of each ``wanted`` type has arrived (others may come between)."""
+    seen: list[dict[str, Any]] = []
+    while not wanted <= {event["type"] for event in seen}:
+        seen.append(json.loads(client.recv(timeout=WAIT)))
+    return seen
+
+
+@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_metered_sessions_tick_and_the_low_balance_alert_reach_only_their_owner(
+    servers: ServerFactory, request: pytest.FixtureRequest, engine: str
+) -> None:
+    if engine == "postgresql":  # the session's shared, migrated database: LISTEN/NOTIFY carries the events
+        server = servers.serve(database_url=request.getfixturevalue("postgres_url"), migrate=False)
+    else:
+        server = servers.serve()
+    shop = open_shop(server)
+    with server.client() as http:
+        register(http, email=(other_email := unique_email("other")), password="other-password-123")
+        other = _login(http, other_email, "other-password-123")
+        meter = f"live-{secrets.token_hex(4)}"
+        made = http.post(
+            "/v1/meters",
+            json={"code": meter, "name": "Live call", "kind": "unit", "unit": "second", "price": 1, "per": 1},
+            headers=shop.admin,
+        )
+        assert made.status_code == 201, made.text
+        key = http.post("/v1/api_keys", json={"name": "app", "scopes": ["usage:write"]}, headers=shop.buyer)
+        assert key.status_code == 201, key.text
+        app_key = {"Authorization": f"Bearer {key.json()['secret']}"}
+        wallets = {
+            who: http.get("/v1/wallets", headers=headers).json()["data"][0]["id"]
+            for who, headers in (("buyer", shop.buyer), ("other", other))
+        }
+        for wallet in wallets.values():
+            granted = http.post(
+                f"/v1/wallets/{wallet}/grants",
+                json={"amount": 100, "idempotency_key": secrets.token_hex(8)},
+                headers=shop.admin,
+            )
+            assert granted.status_code == 201, granted.text
+        for who, headers in (("buyer", shop.buyer), ("other", other)):
+            patched = http.patch(
+                f"/v1/wallets/{wallets[who]}", json={"low_balance_threshold": 50}, headers=headers
+            )
+            assert patched.status_code == 200, patched.text
+
+        with open_stream(server, shop.buyer) as mine, open_stream(server, other) as theirs:
+            # One interval (60 s at 1 credit a second) is held at the start: 40 left, below the threshold.
+            started = http.post(
+                "/v1/sessions",
+                json={"meter": meter, "interval_seconds": 60, "grace_seconds": 30},
+                headers=app_key,
+            )
+            assert started.status_code == 201, started.text
+            session_id = started.json()["id"]
+            low = [
+                event
+                for event in events_until(mine, {"wallet.low_balance"})
+                if event["type"] == "wallet.low_balance"
+            ]
+            assert [event["data"]["wallet_id"] for event in low] == [wallets["buyer"]]
+            assert (low[0]["data"]["balance"], low[0]["data"]["threshold"]) == (40, 50)
+
+            beat = http.post(
+                f"/v1/sessions/{session_id}/heartbeat", json={"metrics": {"viewers": 3}}, headers=app_key
+            )
+            assert beat.status_code == 200, beat.text
+            ticks = [
+                event for event in events_until(mine, {"session.tick"}) if event["type"] == "session.tick"
+            ]
+            assert [(t["data"]["session_id"], t["data"]["wallet_id"]) for t in ticks] == [
+                (session_id, wallets["buyer"])
+            ]
+            assert ticks[0]["data"]["status"] == "active"
+            stopped = http.post(f"/v1/sessions/{session_id}/stop", json={}, headers=app_key)
+            assert stopped.status_code == 200, stopped.text
+            ended = events_until(mine, {"session.ended"})
+            assert all(event["data"]["wallet_id"] == wallets["buyer"] for event in ended)
+            with pytest.raises(TimeoutError):
+                theirs.recv(timeout=1.0)  # none of it reached the other user
+
+            # The other user's wallet crossing its own threshold is theirs alone.
+            spent = http.post(
+                f"/v1/wallets/{wallets['other']}/debits",
+                json={"amount": 60, "idempotency_key": secrets.token_hex(8)},
+                headers=shop.admin,
+            )
+            assert spent.status_code == 201, spent.text
+            theirs_now = events_until(theirs, {"balance.updated"})
+            assert all(event["data"]["wallet_id"] == wallets["other"] for event in theirs_now)
+            with pytest.raises(TimeoutError):
+                while True:  # the buyer's stream stays quiet: anything left is the buyer's own session's
+                    event = json.loads(mine.recv(timeout=1.0))
+                    assert event["data"]["wallet_id"] == wallets["buyer"], event

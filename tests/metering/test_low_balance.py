@@ -30,20 +30,21 @@ async def _alerts(world: World) -> list[dict[str, Any]]:
 
 async def _spend_through_ai_hold(world: World, meter: str, credits: int) -> None:
     held = await world.client.post(
-        "/v1/ai_holds",
+        "/v1/holds",
         json={
             "wallet": world.wallet,
-            "meter": meter,
-            "input_tokens": credits,
-            "max_output_tokens": 0,
+            "estimate": {"meter": meter, "input_tokens": credits, "max_output_tokens": 0},
             "idempotency_key": secrets.token_hex(8),
         },
         headers=world.usage.headers,
     )
     assert held.status_code == 201, held.text
     captured = await world.client.post(
-        f"/v1/ai_holds/{held.json()['hold']['id']}/capture",
-        json={"input_tokens": credits, "output_tokens": 0, "idempotency_key": secrets.token_hex(8)},
+        f"/v1/holds/{held.json()['hold']['id']}/capture",
+        json={
+            "usage": {"input_tokens": credits, "output_tokens": 0},
+            "idempotency_key": secrets.token_hex(8),
+        },
         headers=world.usage.headers,
     )
     assert captured.status_code == 200, captured.text

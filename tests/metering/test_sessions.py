@@ -351,3 +351,44 @@ async def test_a_frozen_wallet_pays_for_no_more_and_the_session_ends_on_what_is_
     assert (ended["end_reason"], ended["charged"], ended["released"]) == ("insufficient_credits", 60, 0)
     wallet = await world.wallet_state()
     assert (wallet["balance"], wallet["held"]) == (440, 0)
+
+
+async def test_concurrent_starts_heartbeats_and_charges_on_one_wallet_never_deadlock(world: World) -> None:
+    """On PostgreSQL a new session row's foreign key to the wallet takes ``FOR KEY SHARE`` on the wallet row;
+    two starts that each took it before the ledger's ``FOR UPDATE`` would wait for each other. Starts lock the
+    wallet first, so any mix of starts, heartbeats, stops, usage and debits on one wallet only queues."""
+    meter = await world.meter(kind="unit", unit="second", price=1, per=1)
+    per_call = await world.meter(kind="unit", unit="call", price=1, per=1)
+    await world.grant(10_000)
+    running = [
+        (await _start(world, meter, interval_seconds=10, grace_seconds=10)).json()["id"] for _ in range(3)
+    ]
+
+    async def usage() -> httpx.Response:
+        body = {"id": secrets.token_hex(8), "wallet": world.wallet, "meter": per_call, "quantity": 2}
+        return await world.client.post("/v1/usage", json=body, headers=world.usage.headers)
+
+    async def debit() -> httpx.Response:
+        return await world.client.post(
+            f"/v1/wallets/{world.wallet}/debits",
+            json={"amount": 3, "idempotency_key": secrets.token_hex(8)},
+            headers=world.usage.headers,
+        )
+
+    calls = [_start(world, meter, interval_seconds=10, grace_seconds=10) for _ in range(12)]
+    calls += [usage() for _ in range(6)] + [debit() for _ in range(6)]
+    calls += [_beat(world, session_id) for session_id in running]
+    calls += [_stop(world, running[0])]
+    answers = await asyncio.gather(*calls)
+    assert [a.status_code for a in answers] == [201] * 12 + [201] * 12 + [200] * 4, [
+        a.text for a in answers if a.status_code >= 300
+    ]
+    started = [a.json()["id"] for a in answers[:12]]
+    assert len(set(started)) == 12
+    wallet = await world.wallet_state()
+    sessions_held = 0
+    for session_id in [*started, *running[1:]]:
+        sessions_held += (await _get(world, session_id))["held"]
+    assert wallet["held"] == sessions_held
+    stopped = await _get(world, running[0])
+    assert wallet["balance"] == 10_000 - 6 * 2 - 6 * 3 - stopped["charged"]

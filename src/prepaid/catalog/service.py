@@ -629,10 +629,10 @@ async def create_meter(
             raise InvalidRequest("A unit meter needs a unit.", code="field_required_for_kind", param="unit")
         per = 1 if per is None else per
     else:
-        for name, value in (("input_price", input_price), ("output_price", output_price)):
-            if value is None:
+        for field_name, value in (("input_price", input_price), ("output_price", output_price)):
+            if value is None:  # (not ``name``: that is the meter's name)
                 raise InvalidRequest(
-                    f"A model meter needs {name}.", code="field_required_for_kind", param=name
+                    f"A model meter needs {field_name}.", code="field_required_for_kind", param=field_name
                 )
         unit = "token"
         cached_input_price = input_price if cached_input_price is None else cached_input_price

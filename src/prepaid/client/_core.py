@@ -171,7 +171,8 @@ class AiHoldState:
 
     @property
     def estimate(self) -> int:
-        return int(self.hold["estimate"])
+        """What was held: the worst case's cost."""
+        return int(self.hold["estimate"]["cost"])
 
     def set_usage(self, *, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> None:
         """The real token counts of the call: captured when the ``with`` block ends."""
@@ -222,20 +223,19 @@ class Build:
         reason: str | None,
         idempotency_key: str | None,
     ) -> Request:
-        body = drop_none(
-            wallet=wallet,
-            meter=meter,
-            input_tokens=input_tokens,
-            max_output_tokens=max_output_tokens,
-            cached_input_tokens=cached_input_tokens,
-            expires_in=expires_in,
-            reason=reason,
-        )
-        return keyed("POST", "/v1/ai_holds", body, idempotency_key)
+        estimate = {
+            "meter": meter,
+            "input_tokens": input_tokens,
+            "max_output_tokens": max_output_tokens,
+            "cached_input_tokens": cached_input_tokens,
+        }
+        body = drop_none(wallet=wallet, estimate=estimate, expires_in=expires_in, reason=reason)
+        return keyed("POST", "/v1/holds", body, idempotency_key)
 
     @staticmethod
     def ai_capture(hold_id: str, usage: dict[str, int], idempotency_key: str | None = None) -> Request:
-        return keyed("POST", f"/v1/ai_holds/{segment(hold_id)}/capture", dict(usage), idempotency_key)
+        """The real token counts of a hold made from an estimate: their cost is captured, the rest released."""
+        return keyed("POST", f"/v1/holds/{segment(hold_id)}/capture", {"usage": dict(usage)}, idempotency_key)
 
     @staticmethod
     def release_hold(hold_id: str, reason: str = "", idempotency_key: str | None = None) -> Request:

@@ -1,12 +1,14 @@
 """Wallets, transactions, lots, grants, debits, holds and transfers over HTTP.
 
 Routes authorise through ``ledger.access`` (another user's wallet answers 404), make one movement through
-``ledger.service`` with the caller's ``idempotency_key`` scoped by ``access.ledger_key``, announce it
-(``balance.updated`` on each moved wallet's owner's stream, after commit; not for a replay) and answer a schema.
+``ledger.service`` with the caller's ``idempotency_key`` scoped by ``access.ledger_key``, and answer a schema.
+(``ledger.service`` records each wallet a movement changed; ``notify.realtime`` announces it, ``balance.updated``,
+after commit.) Holds and captures priced by token counts go through ``metering.ai_holds``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -15,14 +17,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from prepaid.db import utcnow
 from prepaid.deps import Admin, Pagination, Principal, Session, SettingsDep
-from prepaid.errors import NotFound
+from prepaid.errors import InvalidRequest, NotFound
 from prepaid.ledger import access, service
 from prepaid.ledger.models import Account, Hold, Transaction
 from prepaid.ledger.schemas import (
+    CaptureMovementRead,
     CaptureRequest,
     DebitCreate,
     GrantCreate,
     HoldCreate,
+    HoldEstimateRead,
+    HoldMovementRead,
     HoldRead,
     Kind,
     LotRead,
@@ -34,7 +39,7 @@ from prepaid.ledger.schemas import (
     WalletRead,
     WalletUpdate,
 )
-from prepaid.notify import realtime
+from prepaid.metering import ai_holds
 from prepaid.pagination import ListResponse
 from prepaid.schemas import Timestamp
 
@@ -132,15 +137,6 @@ async def _movement_read(
     transaction_id = movement.transaction.id
     postings = await service.postings_by_transaction(session, transaction_ids=[transaction_id])
     return MovementRead.of(movement, postings[transaction_id], wallet_id=wallet_id, to_wallet_id=to_wallet_id)
-
-
-async def _balances_updated(session: AsyncSession, movement: service.Movement) -> None:
-    """``balance.updated`` to the owner of each wallet the movement changed, published when the request's
-    transaction commits. A replay changed nothing and announces nothing."""
-    if movement.replayed:
-        return
-    for wallet_id in sorted(movement.balances):
-        await realtime.balance_updated(session, wallet_id=wallet_id)
 
 
 # ---------------------------------------------------------------- wallets
@@ -245,7 +241,6 @@ async def grant_credits(
         expires_at=body.expires_at,
         memo=body.reason,
     )
-    await _balances_updated(session, movement)
     return await _movement_read(session, movement, wallet_id=wallet.id)
 
 
@@ -263,28 +258,56 @@ async def debit_wallet(
         memo=body.reason,
         actor_user_id=principal.user.id,
     )
-    await _balances_updated(session, movement)
     return await _movement_read(session, movement, wallet_id=wallet_id)
 
 
 @router.post("/holds", status_code=status.HTTP_201_CREATED, responses=_errors(402, 404, 409))
-async def create_hold(body: HoldCreate, principal: Principal, session: Session) -> MovementRead:
+async def create_hold(body: HoldCreate, principal: Principal, session: Session) -> HoldMovementRead:
     owner_id = access.spending_owner(principal)
-    try:  # the wallet is authorised by the statement that locks it, as for a debit
-        movement = await service.hold(
-            session,
-            wallet_id=body.wallet,
-            owner_id=owner_id,
-            amount=body.amount,
-            expires_at=body.expiry(utcnow()),
-            idempotency_key=access.ledger_key(principal, body.idempotency_key),
-            memo=body.reason,
-            actor_user_id=principal.user.id,
+    if (body.amount is None) == (body.estimate is None):
+        raise InvalidRequest(
+            "Give exactly one of amount and estimate.",
+            code="amount_or_estimate",
+            param="amount" if body.amount is None else "estimate",
         )
-    except NotFound:
+    key = access.ledger_key(principal, body.idempotency_key)
+    try:  # the wallet is authorised by the statement that locks it, as for a debit
+        if body.estimate is not None:  # priced by the model meter (metering.ai_holds)
+            movement = await ai_holds.hold_estimate(
+                session,
+                wallet_id=body.wallet,
+                owner_id=owner_id,
+                meter=body.estimate.meter,
+                input_tokens=body.estimate.input_tokens,
+                max_output_tokens=body.estimate.max_output_tokens,
+                cached_input_tokens=body.estimate.cached_input_tokens,
+                expires_at=body.expiry(utcnow()),
+                idempotency_key=key,
+                memo=body.reason,
+                actor_user_id=principal.user.id,
+            )
+        else:
+            assert body.amount is not None
+            movement = await service.hold(
+                session,
+                wallet_id=body.wallet,
+                owner_id=owner_id,
+                amount=body.amount,
+                expires_at=body.expiry(utcnow()),
+                idempotency_key=key,
+                memo=body.reason,
+                actor_user_id=principal.user.id,
+            )
+    except NotFound as error:
+        if error.param not in ("wallet_id", "wallet"):
+            raise
         raise NotFound(f"No wallet {body.wallet}.", param="wallet") from None
-    await _balances_updated(session, movement)
-    return await _movement_read(session, movement, wallet_id=body.wallet)
+    read = await _movement_read(session, movement, wallet_id=body.wallet)
+    estimate = ai_holds.estimate_of(movement.hold) if movement.hold is not None else None
+    return HoldMovementRead(
+        **read.model_dump(exclude={"object"}),
+        estimate=HoldEstimateRead(**dataclasses.asdict(estimate)) if estimate is not None else None,
+    )
 
 
 @router.get("/holds/{hold_id}")
@@ -295,17 +318,42 @@ async def get_hold(hold: ReadableHold) -> HoldRead:
 @router.post("/holds/{hold_id}/capture", responses=_errors(409))
 async def capture_hold(
     body: CaptureRequest, hold: ResolvableHold, principal: Principal, session: Session
-) -> MovementRead:
-    movement = await service.capture(
-        session,
-        hold_id=hold.id,
-        amount=hold.amount if body.amount is None else body.amount,
-        idempotency_key=access.ledger_key(principal, body.idempotency_key),
-        memo=body.reason,
-        actor_user_id=principal.user.id,
+) -> CaptureMovementRead:
+    if body.amount is not None and body.usage is not None:
+        raise InvalidRequest("Give amount or usage, not both.", code="amount_or_usage", param="usage")
+    key = access.ledger_key(principal, body.idempotency_key)
+    priced: ai_holds.Capture | None = None
+    if body.usage is not None:  # the real token counts, priced by the hold's meter (metering.ai_holds)
+        priced = await ai_holds.capture_tokens(
+            session,
+            hold=hold,
+            input_tokens=body.usage.input_tokens,
+            output_tokens=body.usage.output_tokens,
+            cached_input_tokens=body.usage.cached_input_tokens,
+            idempotency_key=key,
+            memo=body.reason,
+            actor_user_id=principal.user.id,
+        )
+        movement = priced.movement
+    else:
+        movement = await service.capture(
+            session,
+            hold_id=hold.id,
+            amount=hold.amount if body.amount is None else body.amount,
+            idempotency_key=key,
+            memo=body.reason,
+            actor_user_id=principal.user.id,
+        )
+    read = await _movement_read(session, movement, wallet_id=hold.wallet_id)
+    resolved = movement.hold or hold
+    return CaptureMovementRead(
+        **read.model_dump(exclude={"object"}),
+        charged=resolved.captured,
+        released=resolved.amount - resolved.captured,
+        meter=priced.meter if priced else None,
+        cost=priced.cost if priced else None,
+        uncharged=priced.uncharged if priced else 0,
     )
-    await _balances_updated(session, movement)
-    return await _movement_read(session, movement, wallet_id=hold.wallet_id)
 
 
 @router.post("/holds/{hold_id}/release", responses=_errors(409))
@@ -319,7 +367,6 @@ async def release_hold(
         memo=body.reason,
         actor_user_id=principal.user.id,
     )
-    await _balances_updated(session, movement)
     return await _movement_read(session, movement, wallet_id=hold.wallet_id)
 
 
@@ -343,6 +390,5 @@ async def transfer_credits(
         memo=body.reason,
         actor_user_id=principal.user.id,
     )
-    await _balances_updated(session, movement)
     shown = target.id if access.shows_balance(principal, target) else None
     return await _movement_read(session, movement, wallet_id=source.id, to_wallet_id=shown)

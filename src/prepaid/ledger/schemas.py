@@ -103,9 +103,36 @@ class DebitCreate(Input):
     idempotency_key: IdempotencyKey
 
 
+TokenCount = Annotated[int, Field(ge=0, le=MAX_AMOUNT), _Integer]
+MeterCode = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class HoldEstimate(Input):
+    """The worst case of a model call, priced by its model meter: the prompt (``input_tokens`` uncached and
+    ``cached_input_tokens``) and ``max_output_tokens`` of output."""
+
+    meter: MeterCode
+    input_tokens: TokenCount
+    max_output_tokens: TokenCount
+    cached_input_tokens: TokenCount = 0
+
+
+class CaptureUsage(Input):
+    """The real token counts of the call made under a hold from an estimate, priced by the hold's meter."""
+
+    input_tokens: TokenCount
+    output_tokens: TokenCount
+    cached_input_tokens: TokenCount = 0
+
+
 class HoldCreate(Input):
+    """Give exactly one of ``amount`` and ``estimate`` (400 ``amount_or_estimate`` otherwise)."""
+
     wallet: WalletId
-    amount: Amount
+    amount: Amount | None = None
+    estimate: HoldEstimate | None = Field(
+        default=None, description="Instead of amount: hold what this model call costs at worst."
+    )
     expires_in: Annotated[int, Field(ge=1, le=MAX_HOLD_SECONDS), _Integer] | None = Field(
         default=None, description=f"Seconds; give this or expires_at (default {DEFAULT_HOLD_SECONDS})."
     )
@@ -127,8 +154,15 @@ class HoldCreate(Input):
 
 
 class CaptureRequest(Input):
+    """At most one of ``amount`` and ``usage`` (both: 400 ``amount_or_usage``); neither captures all of it."""
+
     amount: Amount | None = Field(
         default=None, description="What to charge, up to the hold; the rest is released. Default: all of it."
+    )
+    usage: CaptureUsage | None = Field(
+        default=None,
+        description="Instead of amount, for a hold made from an estimate: the real token counts, priced by the "
+        "hold's meter; their cost is charged (at most the hold) and the rest released.",
     )
     reason: Reason = ""
     idempotency_key: IdempotencyKey
@@ -327,3 +361,29 @@ class MovementRead(Output):
             hold=HoldRead.of(movement.hold) if movement.hold is not None else None,
             replayed=movement.replayed,
         )
+
+
+class HoldEstimateRead(Output):
+    meter: str
+    input_tokens: int
+    max_output_tokens: int
+    cached_input_tokens: int
+    cost: int = Field(description="What the worst case costs: the amount held.")
+
+
+class HoldMovementRead(MovementRead):
+    """A new hold; ``estimate`` says how a hold made from an estimate was priced (null for an amount)."""
+
+    estimate: HoldEstimateRead | None = None
+
+
+class CaptureMovementRead(MovementRead):
+    """A capture: what was ``charged`` and what ``released`` back to the wallet. A capture by token counts also
+    names the ``meter``, what the counts ``cost``, and what of that cost lay beyond the hold (``uncharged``,
+    not taken: a hold is the most the app agreed to spend)."""
+
+    charged: int
+    released: int
+    meter: str | None = None
+    cost: int | None = None
+    uncharged: int = 0

@@ -101,6 +101,7 @@ class WalletBalance:
     available: int
     held: int
     debt: int
+    user_id: str | None = field(default=None, compare=False)  # the owner: whose stream hears of it
 
     @property
     def balance(self) -> int:
@@ -118,7 +119,20 @@ class Movement:
 
 
 def _snapshot(wallet: Account) -> WalletBalance:
-    return WalletBalance(wallet.id, wallet.asset, wallet.balance, wallet.held, wallet.debt)
+    return WalletBalance(wallet.id, wallet.asset, wallet.balance, wallet.held, wallet.debt, wallet.user_id)
+
+
+# The wallets this session's movements changed, each with its figures after the movement and the transaction
+# (or savepoint) it was made in: ``notify.realtime`` announces them (``balance.updated``) once the transaction
+# commits, and forgets those of a transaction or savepoint that rolls back. Every movement records here, so no
+# caller can forget to announce one; a replay or a refusal records nothing.
+MOVED_WALLETS = "prepaid.ledger.moved_wallets"
+
+
+def _moved(session: AsyncSession, *balances: WalletBalance) -> None:
+    sync = session.sync_session
+    transaction = sync.get_nested_transaction() or sync.get_transaction()
+    sync.info.setdefault(MOVED_WALLETS, []).extend((transaction, balance) for balance in balances)
 
 
 def request_hash(operation: str, **params: Any) -> str:
@@ -616,6 +630,7 @@ async def _expire_lot(session: AsyncSession, *, wallet: Account, lot: Lot) -> Tr
     transaction.lot_moves = [[lot.id, -amount]]
     lot.remaining = 0
     wallet.balance -= amount
+    _moved(session, _snapshot(wallet))
     return transaction
 
 
@@ -659,6 +674,7 @@ _LOCK_WALLET = (
         _ACCOUNT.c.overdraft_limit,
         _ACCOUNT.c.frozen,
         _ACCOUNT.c.hold_account_id,
+        _ACCOUNT.c.user_id,
     )
     .where(_ACCOUNT.c.id == bindparam("wallet_id"), _ACCOUNT.c.kind == "wallet")
     .with_for_update()
@@ -715,6 +731,7 @@ class _Locked:
     overdraft_limit: int
     frozen: bool
     hold_account_id: str | None
+    user_id: str | None
 
 
 @dataclass
@@ -752,11 +769,11 @@ async def _lock_wallet(conn: AsyncConnection, wallet_id: str, owner_id: str | No
         row = (await conn.execute(_LOCK_OWN_WALLET, {"wallet_id": wallet_id, "owner_id": owner_id})).first()
     if row is None:
         raise NotFound(f"No wallet {wallet_id}.", param="wallet_id")
-    return _Locked(*row)
+    return _Locked(*row[:10])
 
 
 def _balance_of(wallet: _Locked) -> WalletBalance:
-    return WalletBalance(wallet.id, wallet.asset, wallet.balance, wallet.held, wallet.debt)
+    return WalletBalance(wallet.id, wallet.asset, wallet.balance, wallet.held, wallet.debt, wallet.user_id)
 
 
 async def _replay_of(
@@ -803,7 +820,7 @@ async def _read_wallet_key_and_lots(
     if not rows:
         raise NotFound(f"No wallet {wallet_id}.", param="wallet_id")
     first = rows[0]
-    wallet = _Locked(*first[:9])
+    wallet = _Locked(*first[:10])
     used = (first.used_id, first.used_hash) if first.used_id is not None else None
     lots = [_LotLeft(row.lot_id, row.remaining, row.expires_at) for row in rows if row.lot_id is not None]
     return wallet, used, lots
@@ -950,6 +967,7 @@ async def _write(
             changes = {key: value for key, value in writes.hold_update.items() if key != "id"}
             await conn.execute(update(_HOLD).where(_HOLD.c.id == hold_id).values(**changes))
 
+    _moved(session, _balance_of(wallet))
     # The ORM objects this session already holds for these rows take the new values, as if reloaded.
     loaded_wallet = _loaded(session, Account, wallet.id)
     if loaded_wallet is not None:
@@ -1399,6 +1417,7 @@ async def grant(
         )
         transaction.lot_moves = [[lot.id, amount - repaid]]
     wallet.balance += amount
+    _moved(session, _snapshot(wallet))
     return Movement(transaction, {wallet.id: _snapshot(wallet)})
 
 
@@ -1846,6 +1865,7 @@ async def transfer(
     transaction.debt_change = -repaid
     source.balance -= amount
     target.balance += amount
+    _moved(session, _snapshot(source), _snapshot(target))
     return Movement(transaction, {source.id: _snapshot(source), target.id: _snapshot(target)})
 
 
@@ -1929,6 +1949,7 @@ async def reverse(
         _add_debt(wallet, still_short, clawback=True)
     transaction.lot_moves = moves
     wallet.balance += delta
+    _moved(session, _snapshot(wallet))
     return Movement(transaction, {wallet.id: _snapshot(wallet)})
 
 

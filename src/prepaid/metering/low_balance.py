@@ -37,31 +37,9 @@ async def _ensure_rows(session: AsyncSession, wallet_ids: Sequence[str]) -> None
 
 
 async def balances_changed(session: AsyncSession, *, wallet_ids: Iterable[str]) -> int:
-    """Metering's hook after it moved credits: ``balance.updated`` on the owner's stream for each wallet, then
-    the threshold check. Answers how many low-balance alerts fired."""
-    ids = sorted(set(wallet_ids))
-    rows = (
-        await session.execute(
-            select(Account.id, Account.user_id, Account.balance, Account.held, Account.asset).where(
-                Account.id.in_(ids)
-            )
-        )
-    ).all()
-    for row in rows:
-        if row.user_id is not None:
-            await realtime.emit(
-                session,
-                user_id=row.user_id,
-                type="balance.updated",
-                data={
-                    "wallet_id": row.id,
-                    "asset": row.asset,
-                    "available": row.balance,
-                    "held": row.held,
-                    "balance": row.balance + row.held,
-                },
-            )
-    return await check(session, wallet_ids=ids)
+    """Metering's hook after it moved credits: the threshold check (``balance.updated`` itself comes from the
+    ledger's record of every movement). Answers how many low-balance alerts fired."""
+    return await check(session, wallet_ids=wallet_ids)
 
 
 def _states(ids: Sequence[str]) -> Any:

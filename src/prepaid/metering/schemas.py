@@ -9,10 +9,6 @@ from pydantic import EmailStr, Field, StringConstraints
 
 from prepaid.ledger.schemas import (
     MAX_AMOUNT,
-    HoldRead,
-    IdempotencyKey,
-    Reason,
-    WalletBalanceRead,
     WalletId,
     WalletRead,
     _Integer,
@@ -169,56 +165,6 @@ SessionStatus = Literal["active", "ended"]
 EndReason = Literal["stopped", "insufficient_credits", "heartbeat_timeout"]
 MeterCode = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 Seconds = Annotated[int, Field(ge=1, le=86_400), _Integer]
-
-
-class AiHoldCreate(Input):
-    """Hold the worst case of a model call: the prompt (``input_tokens`` uncached, ``cached_input_tokens``)
-    and ``max_output_tokens`` of output, priced by the model meter."""
-
-    wallet: WalletId
-    meter: MeterCode
-    input_tokens: Count
-    max_output_tokens: Count
-    cached_input_tokens: Count = 0
-    expires_in: Annotated[int, Field(ge=1, le=30 * 86_400), _Integer] = Field(
-        default=600, description="Seconds until an uncaptured hold is released by the server."
-    )
-    reason: Reason = ""
-    idempotency_key: IdempotencyKey
-
-
-class AiHoldCapture(Input):
-    """The real token counts of the call: their cost is captured (at most the hold) and the rest released."""
-
-    input_tokens: Count
-    output_tokens: Count
-    cached_input_tokens: Count = 0
-    reason: Reason = ""
-    idempotency_key: IdempotencyKey
-
-
-class AiHoldRead(Output):
-    object: Literal["ai_hold"] = "ai_hold"
-    meter: str
-    asset: str
-    estimate: int = Field(description="What was held: the worst case, in the credit asset's smallest unit.")
-    hold: HoldRead
-    wallet: WalletBalanceRead
-    replayed: bool
-
-
-class AiCaptureRead(Output):
-    object: Literal["ai_hold_capture"] = "ai_hold_capture"
-    meter: str
-    asset: str
-    cost: int = Field(description="What the real token counts cost.")
-    charged: int = Field(description="What was captured: the cost, at most the hold.")
-    released: int = Field(description="The rest of the hold, back to the wallet.")
-    uncharged: int = Field(description="The cost beyond the hold, not taken (the estimate was too low).")
-    transaction_id: str
-    hold: HoldRead
-    wallet: WalletBalanceRead
-    replayed: bool
 
 
 class SessionCreate(Input):

@@ -1,8 +1,7 @@
-"""Routes for holds for AI calls (``/v1/ai_holds``) and metered sessions (``/v1/sessions``).
+"""Routes for metered sessions (``/v1/sessions``). (Holds for AI calls are the ledger's ``/v1/holds`` routes
+with an ``estimate`` or ``usage``, priced by ``metering.ai_holds``.)
 
-Kept beside ``metering/api.py`` (the usage routes) so the two can be written at once; the rules live in
-``metering.ai_holds`` and ``metering.sessions``. Who may act follows the ledger (``ledger.access``): holds,
-captures, session starts, heartbeats and stops come from an app's key with ``usage:write`` (its user's wallets
+The rules live in ``metering.sessions``. Who may act follows the ledger (``ledger.access``): session starts, heartbeats and stops come from an app's key with ``usage:write`` (its user's wallets
 only), a server key, or an admin; a session is read by its owner (signed in or with ``balance:read``) and by
 admins and server keys; anyone else's session answers 404. The time source is ``app.state.clock``.
 """
@@ -10,7 +9,7 @@ admins and server keys; anyone else's session answers 404. The time source is ``
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, status
@@ -20,14 +19,9 @@ from prepaid.deps import Pagination, Principal, Session
 from prepaid.errors import NotFound
 from prepaid.ledger import access
 from prepaid.ledger import service as ledger_service
-from prepaid.ledger.schemas import HoldRead, WalletBalanceRead
-from prepaid.metering import ai_holds, sessions
+from prepaid.metering import sessions
 from prepaid.metering.models import MeteredSession
 from prepaid.metering.schemas import (
-    AiCaptureRead,
-    AiHoldCapture,
-    AiHoldCreate,
-    AiHoldRead,
     SessionCreate,
     SessionHeartbeat,
     SessionRead,
@@ -55,77 +49,6 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 def _now(request: Request) -> datetime:
     clock: Callable[[], datetime] = getattr(request.app.state, "clock", utcnow)
     return clock()
-
-
-def _balance(movement: ledger_service.Movement, wallet_id: str) -> WalletBalanceRead:
-    return WalletBalanceRead.of(movement.balances[wallet_id])
-
-
-# ---------------------------------------------------------------- holds for AI calls
-
-
-@router.post("/ai_holds", status_code=status.HTTP_201_CREATED, responses=_errors(402, 404, 409))
-async def create_ai_hold(body: AiHoldCreate, principal: Principal, session: Session) -> AiHoldRead:
-    owner_id = access.spending_owner(principal)
-    try:
-        movement = await ai_holds.hold_estimate(
-            session,
-            wallet_id=body.wallet,
-            owner_id=owner_id,
-            meter=body.meter,
-            input_tokens=body.input_tokens,
-            max_output_tokens=body.max_output_tokens,
-            cached_input_tokens=body.cached_input_tokens,
-            expires_at=utcnow() + timedelta(seconds=body.expires_in),
-            idempotency_key=access.ledger_key(principal, body.idempotency_key),
-            memo=body.reason,
-            actor_user_id=principal.user.id,
-        )
-    except NotFound as error:
-        if error.param in ("wallet_id", "wallet"):
-            raise NotFound(f"No wallet {body.wallet}.", param="wallet") from None
-        raise
-    assert movement.hold is not None
-    return AiHoldRead(
-        meter=body.meter,
-        asset=movement.hold.asset,
-        estimate=movement.hold.amount,
-        hold=HoldRead.of(movement.hold),
-        wallet=_balance(movement, body.wallet),
-        replayed=movement.replayed,
-    )
-
-
-@router.post("/ai_holds/{hold_id}/capture", responses=_errors(404, 409))
-async def capture_ai_hold(
-    hold_id: IdPath, body: AiHoldCapture, principal: Principal, session: Session
-) -> AiCaptureRead:
-    access.require_app_or_admin(principal)
-    hold = await access.hold(session, principal, hold_id, access.SPEND)
-    result = await ai_holds.capture_tokens(
-        session,
-        hold=hold,
-        input_tokens=body.input_tokens,
-        output_tokens=body.output_tokens,
-        cached_input_tokens=body.cached_input_tokens,
-        idempotency_key=access.ledger_key(principal, body.idempotency_key),
-        memo=body.reason,
-        actor_user_id=principal.user.id,
-    )
-    movement = result.movement
-    assert movement.hold is not None
-    return AiCaptureRead(
-        meter=result.meter,
-        asset=movement.hold.asset,
-        cost=result.cost,
-        charged=result.charged,
-        released=result.released,
-        uncharged=result.uncharged,
-        transaction_id=movement.transaction.id,
-        hold=HoldRead.of(movement.hold),
-        wallet=_balance(movement, hold.wallet_id),
-        replayed=movement.replayed,
-    )
 
 
 # ---------------------------------------------------------------- metered sessions

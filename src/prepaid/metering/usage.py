@@ -645,8 +645,6 @@ async def record_usage(
         refused_rows.extend(item.row_id for item in items if item.index in refused)
         if not charged:
             continue
-        if transaction_id is not None:  # credits moved: the owner's stream shows the wallet as it is now
-            await realtime.balance_updated(session, wallet_id=wallet_id)
         table = USAGE
         if len(charged) == len(items):
             # The claim rows hold what later events cost: one statement settles them all.

@@ -85,7 +85,7 @@ async def create_webhook_endpoint(
     body: WebhookEndpointCreate, admin: Admin, session: Session, settings: SettingsDep
 ) -> WebhookEndpointCreated:
     """Register an app's URL for the event types it wants; the answer shows the signing secret, once."""
-    endpoint = await webhooks_out.create_endpoint(
+    endpoint, secret = await webhooks_out.create_endpoint(
         session, url=body.url, event_types=body.event_types, description=body.description, settings=settings
     )
     read = _endpoint(endpoint)
@@ -98,7 +98,7 @@ async def create_webhook_endpoint(
         before=None,
         after=read.model_dump(mode="json"),
     )
-    return WebhookEndpointCreated(**read.model_dump(), secret=endpoint.secret)
+    return WebhookEndpointCreated(**read.model_dump(), secret=secret)
 
 
 @router.get("/webhook_endpoints")

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from prepaid.db import Base, JSONType, UTCDateTime, utcnow
@@ -66,9 +66,11 @@ class AlertMark(Base):
 
 
 class WebhookEndpoint(Base):
-    """An app's URL that receives events of the types it subscribed to, signed with its ``secret`` (shown once,
-    at creation). Deleting one sets ``deleted_at``, cancels what was still waiting and forgets the secret; its
-    deliveries stay in the log."""
+    """An app's URL that receives events of the types it subscribed to, signed with its secret (shown once, at
+    creation). The secret is kept sealed (``secret_sealed``: AES-GCM under a key derived from
+    ``PREPAID_SECRET_KEY`` and the endpoint's id, ``webhooks_out.seal_secret``): the database alone does not
+    reveal it. Deleting one sets ``deleted_at``, cancels what was still waiting and forgets the secret (None);
+    its deliveries stay in the log."""
 
     __tablename__ = "notify_webhook_endpoint"
 
@@ -76,7 +78,7 @@ class WebhookEndpoint(Base):
     url: Mapped[str] = mapped_column(String(2000))
     description: Mapped[str | None] = mapped_column(String(500))
     event_types: Mapped[list[str]] = mapped_column(JSONType, default=list)
-    secret: Mapped[str] = mapped_column(String(100))
+    secret_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 

@@ -9,7 +9,11 @@ every server process:
 - Redis (``PREPAID_REDIS_URL`` set): ``PUBLISH`` on a channel named after the database, the same way round;
 - SQLite (one process): straight to this process's clients.
 
-A rolled-back transaction (or savepoint) publishes nothing it emitted. Publishing is best effort and at most once:
+``balance.updated`` is not emitted by anyone: ``ledger.service`` notes every wallet a movement changed, with its
+figures after it (``ledger.service.MOVED_WALLETS``), and this module announces each, once per wallet per
+transaction (the last figures), to the wallet's owner when the transaction commits; so every movement (API
+routes, usage, sessions, payments, refunds and clawbacks, chargebacks, expiry jobs) is announced and none can be
+forgotten. A rolled-back transaction (or savepoint) publishes nothing it emitted or moved. Publishing is best effort and at most once:
 a process that dies between its commit and the publish loses those stream events (the stream is a live view,
 not a record: outgoing webhooks, written in the transaction through the outbox, are the record). Events
 emitted with the same ``key`` in one transaction collapse to the last one (``balance.updated`` is keyed by its
@@ -37,6 +41,7 @@ from sqlalchemy.orm import SessionTransaction
 
 from prepaid.db import utcnow
 from prepaid.ids import new_id
+from prepaid.ledger.service import MOVED_WALLETS, WalletBalance
 from prepaid.observability import log
 
 # What the stream pushes to a signed-in user.
@@ -51,7 +56,6 @@ RECONNECT_AFTER = 1.0  # seconds before a lost LISTEN / SUBSCRIBE connection is 
 RECONNECT_AT_MOST = 30.0
 
 _PENDING = "prepaid_realtime_pending"
-_HOOKED = "prepaid_realtime_hooked"
 
 
 @dataclass
@@ -93,7 +97,6 @@ async def emit(
         key = f"balance:{data['wallet_id']}"
     if type in STREAM_TYPES:
         sync = session.sync_session
-        _hook(sync)
         pending: list[_Pending] = sync.info.setdefault(_PENDING, [])
         transaction = sync.get_nested_transaction() or sync.get_transaction()
         if key is not None:
@@ -106,14 +109,6 @@ async def emit(
     return built
 
 
-def _hook(sync: SyncSession) -> None:
-    if sync.info.get(_HOOKED):
-        return
-    sync.info[_HOOKED] = True
-    event.listen(sync, "after_commit", _after_commit)
-    event.listen(sync, "after_soft_rollback", _after_soft_rollback)
-
-
 def _descends(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
     while transaction is not None:
         if transaction is ancestor:
@@ -122,21 +117,62 @@ def _descends(transaction: SessionTransaction | None, ancestor: SessionTransacti
     return False
 
 
+# Every session's commit and rollback (class-level listeners: the ledger records on sessions this module never
+# saw, a runner job's say). A session with nothing pending costs two dictionary look-ups.
+@event.listens_for(SyncSession, "after_soft_rollback")
 def _after_soft_rollback(sync: SyncSession, previous: SessionTransaction) -> None:
-    pending: list[_Pending] = sync.info.get(_PENDING, [])
-    pending[:] = [p for p in pending if not _descends(p.transaction, previous)]
+    pending: list[_Pending] | None = sync.info.get(_PENDING)
+    if pending:
+        pending[:] = [p for p in pending if not _descends(p.transaction, previous)]
+    moved: list[tuple[SessionTransaction | None, WalletBalance]] | None = sync.info.get(MOVED_WALLETS)
+    if moved:
+        moved[:] = [(t, balance) for t, balance in moved if not _descends(t, previous)]
 
 
+def balance_event(balance: WalletBalance) -> dict[str, Any]:
+    """``balance.updated`` with a wallet's figures as the ledger left them (the answers' wallet, no ``object``)."""
+    return make_event(
+        type="balance.updated",
+        data={
+            "wallet_id": balance.wallet_id,
+            "asset": balance.asset,
+            "balance": balance.balance,
+            "held": balance.held,
+            "available": balance.available,
+            "debt": balance.debt,
+        },
+    )
+
+
+@event.listens_for(SyncSession, "after_commit")
 def _after_commit(sync: SyncSession) -> None:
     pending: list[_Pending] = sync.info.pop(_PENDING, [])
-    if not pending:
+    moved: list[tuple[SessionTransaction | None, WalletBalance]] = sync.info.pop(MOVED_WALLETS, [])
+    if not pending and not moved:
+        return
+    last: dict[str, WalletBalance] = {}
+    for _transaction, balance in moved:  # one event per wallet: its figures after the transaction's last move
+        last.pop(balance.wallet_id, None)
+        last[balance.wallet_id] = balance
+    # The ledger's record of a wallet supersedes a balance.updated emitted by hand for it (``balance_updated``).
+    events = [
+        {"user_id": p.user_id, **p.event}
+        for p in pending
+        if not (p.event["type"] == "balance.updated" and p.event["data"].get("wallet_id") in last)
+    ]
+    events += [
+        {"user_id": balance.user_id, **balance_event(balance)}
+        for balance in last.values()
+        if balance.user_id is not None
+    ]
+    if not events:
         return
     url = sync.get_bind().engine.url
     hub = _HUBS.get(hub_key(url.render_as_string(hide_password=True)))
     if hub is None:
-        log.debug("realtime_no_hub", events=len(pending))  # a CLI command: no stream in this process
+        log.debug("realtime_no_hub", events=len(events))  # a CLI command: no stream in this process
         return
-    hub.publish_nowait([{"user_id": p.user_id, **p.event} for p in pending])
+    hub.publish_nowait(events)
 
 
 # ---------------------------------------------------------------- the hub: one per database per process
@@ -404,8 +440,9 @@ async def running_hub(*, database_url: str, redis_url: str | None) -> AsyncItera
 
 
 async def balance_updated(session: AsyncSession, *, wallet_id: str) -> dict[str, Any] | None:
-    """``balance.updated`` for a wallet's owner, with the wallet as it stands in this transaction (call it after
-    the ledger movement). Collapses with earlier ones for the same wallet in the transaction."""
+    """``balance.updated`` for a wallet's owner, with the wallet as it stands in this transaction. Not needed
+    after a ledger movement (the ledger's own record announces it, and supersedes this at commit); for a change
+    of what a wallet shows that is not a movement."""
     from prepaid.ledger import service as ledger_service
 
     wallet = await ledger_service.get_wallet(session, wallet_id)
@@ -433,7 +470,8 @@ async def order_paid(
     credits: int,
     bonus_credits: int,
 ) -> None:
-    """A fulfilled order: ``order.paid`` (stream and webhooks), then the wallet's ``balance.updated``."""
+    """A fulfilled order: ``order.paid`` (stream and webhooks); the grant's ``balance.updated`` comes from the
+    ledger's own record of the movement."""
     from prepaid.money import CREDIT
 
     await emit(
@@ -450,4 +488,3 @@ async def order_paid(
             "asset": CREDIT,
         },
     )
-    await balance_updated(session, wallet_id=wallet_id)

@@ -12,12 +12,16 @@ when the change it announces commits. The runner's ``webhooks`` job sends what i
   exponential backoff (``PREPAID_WEBHOOK_RETRY_BASE`` seconds, doubling, at most ``MAX_BACKOFF`` apart) until
   3 days after the event, then the delivery is ``failed``; an admin may redeliver it (a new delivery row);
 - every attempt is signed ``Prepaid-Signature: t=...,v1=...`` (``prepaid.webhook_signature``) over the exact
-  stored body.
+  stored body, with the endpoint's secret, which is stored sealed (AES-GCM, the primitive that seals stored
+  idempotent answers, ``prepaid.idempotency.seal``) under a key derived from ``PREPAID_SECRET_KEY`` and the
+  endpoint's id, and unsealed only to sign.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import secrets
 from datetime import datetime, timedelta
@@ -25,6 +29,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,6 +38,7 @@ from prepaid import __version__
 from prepaid.auth.models import User
 from prepaid.db import Database, utcnow
 from prepaid.errors import InvalidRequest, NotFound
+from prepaid.idempotency import seal, unseal
 from prepaid.ids import new_id
 from prepaid.notify.models import WebhookDelivery, WebhookEndpoint
 from prepaid.observability import log
@@ -137,20 +144,39 @@ def _check_types(event_types: list[str]) -> list[str]:
     return sorted(set(event_types))
 
 
+def _secret_cipher(secret_key: str, endpoint_id: str) -> AESGCM:
+    """The key an endpoint's secret is sealed under: bound to the endpoint, so a sealed secret copied onto
+    another row does not open."""
+    material = b"\0".join([b"prepaid-webhook-secret-v1", endpoint_id.encode()])
+    return AESGCM(hmac.new(secret_key.encode(), material, hashlib.sha256).digest())
+
+
+def seal_secret(secret_key: str, endpoint_id: str, secret: str) -> bytes:
+    return seal(_secret_cipher(secret_key, endpoint_id), secret.encode())
+
+
+def unseal_secret(secret_key: str, endpoint_id: str, sealed: bytes) -> str:
+    """The endpoint's secret; ``cryptography.exceptions.InvalidTag`` when ``secret_key`` is not the one that
+    sealed it (or the row was tampered with)."""
+    return unseal(_secret_cipher(secret_key, endpoint_id), sealed).decode()
+
+
 async def create_endpoint(
     session: AsyncSession, *, url: str, event_types: list[str], description: str | None, settings: Settings
-) -> WebhookEndpoint:
-    """A new endpoint with a fresh secret (the caller shows it once)."""
+) -> tuple[WebhookEndpoint, str]:
+    """A new endpoint and its fresh secret (the caller shows it once; only its sealed form is stored)."""
+    endpoint_id = new_id("whe")
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
     endpoint = WebhookEndpoint(
-        id=new_id("whe"),
+        id=endpoint_id,
         url=_check_url(url, settings),
         description=description,
         event_types=_check_types(event_types),
-        secret=SECRET_PREFIX + secrets.token_urlsafe(32),
+        secret_sealed=seal_secret(settings.secret_key, endpoint_id, secret),
         created_at=utcnow(),
     )
     session.add(endpoint)
-    return endpoint
+    return endpoint, secret
 
 
 async def list_endpoints(session: AsyncSession, *, page: PageParams) -> Page[WebhookEndpoint]:
@@ -172,7 +198,7 @@ async def delete_endpoint(session: AsyncSession, *, endpoint_id: str) -> Webhook
     """No more events for it: what is still waiting is cancelled and its secret forgotten."""
     endpoint = await get_endpoint(session, endpoint_id=endpoint_id, lock=True)
     endpoint.deleted_at = utcnow()
-    endpoint.secret = ""
+    endpoint.secret_sealed = None
     await session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == "pending")
@@ -228,7 +254,7 @@ def backoff(attempts: int, settings: Settings) -> timedelta:
     return min(timedelta(seconds=seconds), MAX_BACKOFF)
 
 
-async def _claim(db: Database, now: datetime) -> list[tuple[WebhookDelivery, str, str]]:
+async def _claim(db: Database, settings: Settings, now: datetime) -> list[tuple[WebhookDelivery, str, str]]:
     # A look without the write lock first: almost always there is nothing to send.
     async with db.transaction(write=False) as session:
         due = await session.scalar(
@@ -271,12 +297,19 @@ async def _claim(db: Database, now: datetime) -> list[tuple[WebhookDelivery, str
         claimed = []
         for delivery in deliveries:
             endpoint = endpoints.get(delivery.endpoint_id)
-            if endpoint is None or endpoint.deleted_at is not None:
+            if endpoint is None or endpoint.deleted_at is not None or endpoint.secret_sealed is None:
                 delivery.status, delivery.last_error = "cancelled", "endpoint deleted"
+                continue
+            try:
+                secret = unseal_secret(settings.secret_key, endpoint.id, endpoint.secret_sealed)
+            except InvalidTag:  # PREPAID_SECRET_KEY changed: nothing can be signed; try again later
+                log.warning("webhook_secret_unsealable", endpoint_id=endpoint.id)
+                delivery.last_error = "the endpoint's secret cannot be unsealed with PREPAID_SECRET_KEY"
+                delivery.next_attempt_at = now + backoff(delivery.attempts + 1, settings)
                 continue
             delivery.status, delivery.claimed_at = "sending", now
             delivery.attempts += 1
-            claimed.append((delivery, endpoint.url, endpoint.secret))
+            claimed.append((delivery, endpoint.url, secret))
     return claimed
 
 
@@ -305,7 +338,7 @@ async def deliver_due(
 ) -> int:
     """Send every delivery due at ``now``; returns how many succeeded."""
     now = now or utcnow()
-    claimed = await _claim(db, now)
+    claimed = await _claim(db, settings, now)
     if not claimed:
         return 0
     own_client = client is None

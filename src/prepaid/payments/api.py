@@ -206,7 +206,8 @@ async def create_order(
         client_ip=client_ip(request),
         user_agent=request.headers.get("user-agent"),
         actor=_actor(principal, buyer_id),
-        hosted_checkout=principal.api_key is not None,  # apps and bots send their buyer a checkout_url
+        # apps and bots send their buyer a checkout_url; the /buy page opens it too (Stripe: a Checkout Session)
+        hosted_checkout=principal.api_key is not None or principal.web_session is not None,
     )
     return checkout_pages.with_checkout_url(await _order_read(db, order.id), settings)
 

@@ -294,17 +294,20 @@ async def return_page(request: Request, attempt_id: str) -> Response:
     fields = _callback_fields(values)
     if not any(name in fields for name in PROOF_FIELDS):
         description = values.get("error[description]", "")[:300]
-        return _message(
-            request,
-            "Payment not completed",
-            (
-                f"The payment did not go through: {description} "
-                if description
-                else "The payment was not completed. "
-            )
-            + "Open the payment link again to try once more.",
-            status_code=200,
-        )
+        declined = bool(values.get("error[code]") or values.get("error[reason]"))  # the gateway refused it
+        text = (
+            f"The payment did not go through: {description} "
+            if description
+            else "The payment was not completed. "
+        ) + "Open the payment link again to try once more."
+        # The page names no order detail (this address is not signed); the links need the buyer signed in.
+        context = {"heading": "Payment declined" if declined else "Payment not completed", "message": text}
+        links = {
+            "link": f"/buy/attempts/{attempt.id}/pay",
+            "link_text": "Try again",
+            "account_link": True,
+        }
+        return _page(request, "message.html", {"tone": "error", **context, **links})
     gateway = _gateways(request).get(attempt.gateway)
     if gateway is None or attempt.gateway_order_id is None:
         return _message(

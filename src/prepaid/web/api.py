@@ -19,7 +19,6 @@ from prepaid.errors import DomainError
 from prepaid.settings import Settings
 from prepaid.web.render import (
     FormText,
-    PageUser,
     domain_errors,
     form_csrf_ok,
     is_secure,
@@ -33,12 +32,6 @@ from prepaid.web.render import (
 
 router = APIRouter(include_in_schema=False)
 NEW_PASSWORD: TypeAdapter[str] = TypeAdapter(Password)  # the same rule as the API's
-
-
-@router.get("/")
-async def home(request: Request, session: Session, settings: SettingsDep) -> Response:
-    principal = await signed_in(request, session, settings)
-    return RedirectResponse("/account" if principal else "/login", status_code=303)
 
 
 @router.get("/login")
@@ -157,11 +150,6 @@ async def logout_submit(
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
-
-
-@router.get("/account")
-async def account_page(request: Request, principal: PageUser, settings: SettingsDep) -> Response:
-    return render(request, "account.html", {}, settings=settings, principal=principal)
 
 
 @router.get("/reset-password")

@@ -19,7 +19,7 @@ const Prepaid = (() => {
   // fetch() of a /v1 route as the signed-in user; resolves to the parsed JSON, rejects with an ApiError.
   async function api(method, path, body, headers = {}) {
     const init = { method, credentials: "same-origin", headers: { Accept: "application/json", ...headers } };
-    if (method !== "GET" && method !== "HEAD") init.headers["X-CSRF-Token"] = csrf();
+    init.headers["X-CSRF-Token"] = csrf(); // every cookie-authenticated /v1 call needs it, reads included
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);

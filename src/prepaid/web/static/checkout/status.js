@@ -20,6 +20,8 @@
       .then(function (response) { return response.ok ? response.json() : null; })
       .then(function (view) {
         if (view) { show(view); }
+        // A failed or expired order: reload once, so the page offers to try again.
+        if (view && view.final && !view.credited && view.status !== "cancelled") { window.location.reload(); return; }
         if (view && view.final) { return; }
         if (tries < 150) { window.setTimeout(poll, tries > 30 ? delay * 5 : delay); }
       })
