@@ -55,9 +55,10 @@ def stacked_bars(
             'xmlns="http://www.w3.org/2000/svg"><title>{}</title>'
         ).format(WIDTH, HEIGHT, title, title)
     ]
-    for tick in range(5):
-        value = top * tick // 4
-        y = f"{TOP + plot_height - plot_height * tick / 4:.1f}"
+    ticks = next(count for count in (4, 5, 2, 1) if top % count == 0)  # whole-number gridlines only
+    for tick in range(ticks + 1):
+        value = top * tick // ticks
+        y = f"{TOP + plot_height - plot_height * tick / ticks:.1f}"
         parts.append(
             Markup(
                 '<line x1="{}" x2="{}" y1="{}" y2="{}" stroke="#e2e8f0"/>'
