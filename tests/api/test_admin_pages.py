@@ -254,6 +254,7 @@ async def test_orders_filters_detail_and_the_refund_form(app: Any, client: httpx
         assert done.status_code == 303, done.text[-1500:]
         shown = await browser.get(done.headers["location"])
         assert "Refund made." in shown.text and "partially_refunded" in shown.text
+        assert 'id="refund-form"' in shown.text  # ₹750 is left to refund
     order = (await client.get(f"/v1/orders/{order_id}", headers=buyer.headers)).json()
     assert order["status"] == "partially_refunded"
     assert await wallet_state(app, buyer) == (before[0] - 30, False)  # a quarter of 100 + 20 bonus
@@ -346,3 +347,34 @@ async def test_gateway_orders_dashboard_and_audit_pages(app: Any, client: httpx.
         assert second.text.count("user.update") == 5 and "Newer" in second.text
     async with db_of(app).transaction(write=False) as session:
         assert (await payments_service.get_order(session, order_id)).status == "fulfilled"
+
+
+async def test_odd_addresses_and_filters_answer_without_crashing(app: Any, client: httpx.AsyncClient) -> None:
+    admin = await make_user(app, roles=["user", "admin"])
+    async with browser_signed_in(app, admin) as (browser, csrf):
+        for path, expected in (
+            ("/admin?from=0001-01-01&to=0001-12-31", 200),
+            ("/admin?from=9999-12-31&to=9999-12-31", 200),
+            ("/admin?from=2020-01-01&to=2026-01-01", 400),
+            ("/admin?from=tomorrow", 400),
+            ("/admin/users?q=%25_%5C&starting_after=zzz&ending_before=aaa", 200),
+            ("/admin/users/usr_missing", 404),
+            ("/admin/orders?from=9999-12-31&to=9999-12-31&starting_after=x", 200),
+            ("/admin/orders/ord_missing", 404),
+            ("/admin/gateway-orders?gateway=nope", 400),
+            ("/admin/gateway-orders?from=2001-01-01", 400),
+            ("/admin/disputes?status=maybe&kind=odd", 400),
+            ("/admin/disputes/dsp_missing", 404),
+            ("/admin/audit?action=nothing&ending_before=zzz", 200),
+        ):
+            answer = await browser.get(path)
+            assert answer.status_code == expected, (path, answer.status_code, answer.text[-800:])
+        for path, data in (
+            ("/admin/users/usr_missing/roles", {"admin": "on"}),
+            ("/admin/users/usr_missing/grants", {"wallet": "wal_x", "amount": "1"}),
+            ("/admin/orders/ord_missing/refunds", {"clawback": "available"}),
+            ("/admin/disputes/dsp_missing/messages", {"message": "hello"}),
+            ("/admin/disputes/dsp_missing/resolve", {"resolution": "reject", "note": "no"}),
+        ):
+            answer = await browser.post(path, data={**data, "csrf_token": csrf})
+            assert answer.status_code == 404, (path, answer.status_code, answer.text[-800:])

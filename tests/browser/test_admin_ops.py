@@ -119,6 +119,7 @@ def test_admin_refunds_an_order_and_the_user_sees_balance_and_status_change(
     assert admin_page.get_by_role("status").inner_text() == "Refund made."
     assert admin_page.locator("#order-status").inner_text() == "refunded"
     assert "processed" in admin_page.locator("#refunds").inner_text()
+    assert admin_page.locator("#refund-form").count() == 0  # nothing is left to refund
 
     # the user, in their own browser
     assert wait_for(lambda: api(page, "GET", f"/v1/orders/{order['id']}")["status"] == "refunded", "refunded")

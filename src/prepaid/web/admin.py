@@ -233,7 +233,7 @@ def _money_format(currency: str) -> Callable[[int], str]:
 
 
 def _dashboard_charts(figures: stats.Stats, scale: int) -> dict[str, Any]:
-    days = [day.isoformat() for day in figures.period.days]
+    days = [day.strftime("%d %b") for day in figures.period.days]  # short: the axis labels must not overlap
     index = {day: position for position, day in enumerate(figures.period.days)}
     revenue = []
     for currency in figures.currencies:
@@ -667,18 +667,19 @@ async def _order_page(
         order = await payments_service.get_order(session, order_id)
     except NotFound:
         return _not_found(request, settings, principal, "order")
+    made = (await refunds.list_refunds(session, params=PageParams(limit=100), order_id=order.id)).data
     context = {
         "section": "orders",
         "order": order,
         "buyer": await auth_service.get_user(session, order.user_id),
         "attempts": await payments_service.attempts_of(session, order.id),
-        "refunds": (
-            await refunds.list_refunds(session, params=PageParams(limit=100), order_id=order.id)
-        ).data,
+        "refunds": made,
         "disputes": (
             await disputes.list_disputes(session, params=PageParams(limit=100), order_id=order.id)
         ).data,
-        "refundable": order.status in refunds.REFUNDABLE and order.amount_paid > 0,
+        # what the refund service takes: a paid order with money left (a failed refund gave nothing back)
+        "refundable": order.status in refunds.REFUNDABLE
+        and order.amount_paid > sum(r.amount for r in made if r.kind == "admin" and r.status != "failed"),
         "digits": CURRENCY_MINOR_UNITS.get(order.currency, 2),
         "clawbacks": CLAWBACK_LABELS,
         "errors": errors or {},
@@ -939,6 +940,7 @@ async def dispute_reply_submit(
     """An admin's answer on the thread (the customer is notified), as ``POST /v1/disputes/{id}/messages``."""
     db = get_database(request)
     errors: FieldErrors = {}
+    status_code = 400
     body, problems = _first_errors(DisputeMessageCreate, {"message": message})
     if not message.strip():
         errors["message"] = "Write a message."
@@ -958,8 +960,8 @@ async def dispute_reply_submit(
                 )
         except DomainError as error:
             errors = {"message" if error.param == "message" else "form": error.message}
+            status_code = error.status
     if errors:
-        status_code = 404 if "form" in errors and "No dispute" in errors["form"] else 400
         return await _dispute_page(
             request,
             db,
