@@ -149,15 +149,16 @@ async def buy_page(
     session: Session,
     settings: SettingsDep,
     plan: Annotated[str | None, Query(max_length=64)] = None,
-    quantity: Annotated[int | None, Query(ge=1, le=10**12)] = None,
+    quantity: Annotated[str | None, Query(max_length=20)] = None,
     currency: Annotated[str | None, Query(max_length=3)] = None,
     coupon: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     """Pick what to buy; the quote and the payment are the page's script's (``static/buy.js``)."""
     context = await _catalog(session, settings)
     codes = [item["code"] for item in context["plans"]]
+    count = int(quantity) if quantity and quantity.isascii() and quantity.isdigit() else None  # else ignored
     chosen_plan = plan.strip().lower() if plan else None
-    if quantity is not None:
+    if count is not None:
         chosen_plan = None
     elif chosen_plan not in codes:
         chosen_plan = next((item["code"] for item in context["plans"] if item["popular"]), None)
@@ -181,7 +182,7 @@ async def buy_page(
     }
     context |= {
         "chosen_plan": chosen_plan,
-        "quantity": quantity,
+        "quantity": count,
         "chosen_currency": chosen_currency,
         "coupon": (coupon or "").strip(),
         "my_coupons": coupons,

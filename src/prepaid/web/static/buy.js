@@ -74,7 +74,8 @@
   function showQuote(quote) {
     const c = quote.currency;
     const rows = [];
-    const what = quote.plan ? `Plan ${quote.plan}` : `${credits(quote.credits)} credits`;
+    const radio = quote.plan ? form.querySelector(`input[name="item"][value="${CSS.escape(quote.plan)}"]`) : null;
+    const what = quote.plan ? `${(radio && radio.dataset.name) || quote.plan} plan` : `${credits(quote.credits)} credits`;
     rows.push(row("subtotal", `${what}`, money(quote.subtotal, c)));
     const slab = quote.applied && quote.applied.slab;
     if (slab || quote.slab_discount) {
@@ -139,8 +140,12 @@
       const custom = form.querySelector('input[name="item"][value="custom"]');
       if (custom && !custom.checked) custom.checked = true;
     }
-    if (event.target === field("my_coupon")) {
-      if (field("my_coupon").value) field("coupon").value = field("my_coupon").value;
+    const mine = field("my_coupon");
+    if (mine && event.target === mine) {
+      if (mine.value) field("coupon").value = mine.value;
+    } else if (mine && event.target === field("coupon")) {
+      const typed = field("coupon").value.trim().toUpperCase();
+      mine.value = Array.from(mine.options).some((option) => option.value === typed) ? typed : "";
     }
     // A change event that changes nothing (a field losing focus as the user clicks Pay) keeps the quote.
     const wanted = purchase();
