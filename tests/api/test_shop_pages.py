@@ -129,6 +129,7 @@ async def test_buy_shows_the_plans_currencies_and_the_users_coupons(app: Any) ->
         odd = await browser.get("/buy?plan=nope&currency=XXX&quantity=12abc")
         assert odd.status_code == 200
         assert re.search(r'value="standard"[^>]*checked', odd.text)  # the popular plan
+        assert re.search(r'<option value="INR" selected>', odd.text)  # the sandbox's (Razorpay's) currency
 
 
 async def test_an_order_from_the_buy_page_opens_the_checkout_and_a_decline_says_so(app: Any) -> None:

@@ -142,6 +142,19 @@ async def home(request: Request, session: Session, settings: SettingsDep) -> Res
     return render(request, "shop/home.html", context, settings=settings, principal=principal)
 
 
+# The currency /buy starts with: the first enabled gateway's own (DESIGN: INR for Razorpay, whose flow the
+# sandbox follows; USD or EUR for Stripe), when the catalog prices in it.
+GATEWAY_HOME_CURRENCY = {"razorpay": "INR", "sandbox": "INR", "stripe": "USD"}
+
+
+def _home_currency(currencies: list[str], settings: Settings) -> str:
+    for gateway in settings.gateway_names:
+        home = GATEWAY_HOME_CURRENCY.get(gateway)
+        if home in currencies:
+            return home
+    return currencies[0] if currencies else ""
+
+
 @router.get("/buy", response_class=HTMLResponse)
 async def buy_page(
     request: Request,
@@ -166,7 +179,7 @@ async def buy_page(
     currencies = context["currencies"]
     chosen_currency = (currency or "").strip().upper()
     if chosen_currency not in currencies:
-        chosen_currency = currencies[0] if currencies else ""
+        chosen_currency = _home_currency(currencies, settings)
     now = utcnow()
     mine = await catalog_service.my_coupons(
         session, user_id=principal.user.id, now=now, params=PageParams(limit=MY_COUPONS_SHOWN)
