@@ -39,7 +39,7 @@ from pydantic import TypeAdapter, ValidationError
 from prepaid.auth import service as auth_service
 from prepaid.auth.schemas import Password
 from prepaid.db import Database, utcnow
-from prepaid.deps import client_ip, get_database
+from prepaid.deps import SESSION_COOKIE, client_ip, get_database
 from prepaid.errors import DomainError
 from prepaid.money import CURRENCY_MINOR_UNITS, to_display
 from prepaid.payments import service
@@ -165,7 +165,14 @@ def _page(request: Request, name: str, context: dict[str, Any], *, status_code: 
     response = templates.TemplateResponse(
         request,
         f"checkout/{name}",
-        {"user": None, "csrf_token": None, "form_csrf": form_csrf, **context},
+        {
+            "user": None,
+            "csrf_token": None,
+            "form_csrf": form_csrf,
+            # Not looked up (these pages serve guests and bots too): the header offers the account, not sign-in.
+            "has_session": SESSION_COOKIE in request.cookies,
+            **context,
+        },
         status_code=status_code,
     )
     response.headers["Cache-Control"] = "no-store"
