@@ -206,6 +206,16 @@ async def start_session(
             code="invalid_grace",
             param="grace_seconds",
         )
+    # The wallet is locked before the session row is written: on PostgreSQL that row's foreign key takes
+    # FOR KEY SHARE on the wallet, and two starts that each held it while waiting for the ledger's FOR UPDATE
+    # would deadlock. Holding FOR UPDATE first, the key check is the lock holder's own (see docs/decisions.md).
+    locked = await session.scalar(
+        select(Account)
+        .where(Account.id == wallet.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    wallet = locked if locked is not None else wallet
     if wallet.frozen:
         raise Conflict(f"The wallet {wallet.id} is frozen.", code="wallet_frozen", param="wallet")
     meter = await catalog_service.get_meter(session, meter_code)
