@@ -19,7 +19,7 @@ from prepaid.db import utcnow
 from prepaid.ledger import service as ledger_service
 from prepaid.notify import service as notify_service
 from prepaid.payments import service as payments_service
-from tests.factories import TestUser, make_api_key, make_user
+from tests.factories import TestUser, make_admin, make_api_key, make_customer, make_user
 from tests.helpers import browser_signed_in
 from tests.payments.test_orders_support import create_order, db_of, make_plan, stored_order
 
@@ -392,3 +392,92 @@ async def test_notifications_are_listed_and_marked_read_by_their_owner_only(app:
             f'data-notification="{notification_id}" data-read="true"'
             in (await browser.get("/account/notifications")).text
         )
+
+
+# ---------------------------------------------------------------- odd input
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/account/orders/%00",
+        "/account/orders/%C3%A9",
+        "/account/disputes/%00",
+        "/account/transactions?wallet=%00",
+        "/account/transactions?starting_after=%00",
+        "/account/orders?starting_after=%00",
+        "/account/notifications?ending_before=%00",
+    ],
+)
+async def test_an_odd_id_or_cursor_in_the_url_is_a_page_not_a_crash(app: Any, path: str) -> None:
+    """PostgreSQL refuses NUL in text: such an id never reaches the driver (a 404 page, or an empty list)."""
+    user = await make_user(app)
+    async with browser_signed_in(app, user) as (browser, csrf):
+        page = await browser.get(path)
+        assert page.status_code in (200, 404), page.text
+        assert page.headers["content-type"].startswith("text/html")
+        for action in (
+            "/account/orders/%00/retry",
+            "/account/disputes/%00/messages",
+            "/account/keys/%00/revoke",
+        ):
+            posted = await browser.post(action, data={"csrf_token": csrf, "message": "hello"})
+            assert posted.status_code == 404 and posted.headers["content-type"].startswith("text/html")
+
+
+async def test_odd_filters_and_form_values_are_errors_next_to_their_fields(app: Any) -> None:
+    user = await make_user(app)
+    wallet_id = await grant(app, user, 100)
+    async with browser_signed_in(app, user) as (browser, csrf):
+        for query, field in (
+            ("until=9999-12-31", "until"),  # the day after it was an OverflowError: a 500
+            ("since=0001-01-01", "since"),  # before UTC's year 1 in an eastern zone: likewise
+            ("since=2026-02-30", "since"),
+        ):
+            page = await browser.get(f"/account/transactions?{query}")
+            assert page.status_code == 400, (query, page.text)
+            assert error_for(page.text, field), query
+        for path in ("/account/notifications?unread=maybe", f"/account?saved={'x' * 100}"):
+            page = await browser.get(path)  # once FastAPI's JSON error (a bool, a max_length)
+            assert page.status_code == 200 and page.headers["content-type"].startswith("text/html"), path
+
+        action = f"/account/wallets/{wallet_id}/threshold"
+        for text in ("\u0661\u0662", "12.5", "9" * 30, "x" * 2000):
+            refused = await browser.post(action, data={"csrf_token": csrf, "low_balance_threshold": text})
+            assert refused.status_code == 400, (text, refused.text)
+            assert "whole number" in error_for(refused.text, "low_balance_threshold")
+        assert (await wallet_row(app, wallet_id)).low_balance_threshold is None
+        saved = await browser.post(action, data={"csrf_token": csrf, "low_balance_threshold": "1,000"})
+        assert saved.status_code == 303
+        assert (await wallet_row(app, wallet_id)).low_balance_threshold == 1000
+
+        nul = await browser.post(
+            "/account/keys", data={"csrf_token": csrf, "name": "a\x00b", "scopes": ["balance:read"]}
+        )
+        assert nul.status_code == 400 and "control characters" in error_for(nul.text, "name")
+        long_name = await browser.post(
+            "/account/keys", data={"csrf_token": csrf, "name": "n" * 1500, "scopes": ["balance:read"]}
+        )
+        assert long_name.status_code == 400 and error_for(long_name.text, "name")
+        assert 'data-key="' not in (await browser.get("/account/keys")).text
+
+
+async def test_an_admin_sees_and_revokes_its_own_keys_among_everyone_elses(app: Any) -> None:
+    """``list_api_keys`` shows an admin every user's keys, 100 at a time: the account page lists the admin's own
+    keys however many others there are."""
+    admin = await make_admin(app)
+    async with browser_signed_in(app, admin) as (browser, csrf):
+        created = await browser.post(
+            "/account/keys", data={"csrf_token": csrf, "name": "mine", "scopes": ["balance:read"]}
+        )
+        assert created.status_code == 201
+    others = [await make_customer(app) for _ in range(3)]
+    for number in range(101):
+        await make_api_key(app, others[number % 3], scopes=["balance:read"])
+    async with browser_signed_in(app, admin) as (browser, csrf):
+        listed = (await browser.get("/account/keys")).text
+        key_ids = re.findall(r'data-key="([^"]+)"', listed)
+        assert len(key_ids) == 1 and ">mine<" in listed
+        revoked = await browser.post(f"/account/keys/{key_ids[0]}/revoke", data={"csrf_token": csrf})
+        assert revoked.status_code == 303
+        assert 'data-key="' not in (await browser.get("/account/keys")).text

@@ -658,6 +658,7 @@ async def test_a_webhook_endpoint_shows_its_secret_once_lists_deliveries_redeliv
             },
         )
         assert created.status_code == 201
+        assert created.headers["cache-control"] == "no-store"  # the secret stays out of every cache
         secret = re.search(r'<code id="webhook-secret">([^<]+)</code>', created.text).group(1)  # type: ignore[union-attr]
         assert secret.startswith("whsec_")
         assert XSS not in created.text
@@ -692,3 +693,73 @@ async def test_a_webhook_endpoint_shows_its_secret_once_lists_deliveries_redeliv
         assert (await client.get("/v1/webhook_endpoints", headers=admin.headers)).json()["data"] == []
     actions = {e["action"] for e in await audit_log(client, admin.headers)}
     assert {"webhook_endpoint.create", "webhook_delivery.redeliver", "webhook_endpoint.delete"} <= actions
+
+
+# ---------------------------------------------------------------- odd input
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/plans/%00",
+        "/admin/plans/%C3%A9",
+        "/admin/meters/%00",
+        "/admin/offers/%00",
+        "/admin/coupons/%00",
+        "/admin/webhooks/%00",
+        "/admin/offers?after=%00",
+        "/admin/coupons?after=%00",
+        "/admin/webhooks?after=%00",
+    ],
+)
+async def test_an_odd_id_or_cursor_in_the_url_is_a_page_not_a_crash(app: Any, path: str) -> None:
+    """A NUL or non-ASCII id reaches no database driver (PostgreSQL refuses NUL in text): a 404 page, or an
+    empty list for a cursor."""
+    admin = await make_admin(app)
+    async with browser_signed_in(app, admin) as (browser, csrf):
+        page = await browser.get(path)
+        assert page.status_code in (200, 404), page.text
+        assert page.headers["content-type"].startswith("text/html")
+        if "?" not in path:
+            posted = await browser.post(f"{path}/archive", data={"csrf_token": csrf})
+            assert posted.status_code in (404, 405), posted.text  # webhooks have no archive route
+
+
+async def test_odd_amounts_and_nul_characters_are_errors_next_to_their_fields(
+    app: Any, client: httpx.AsyncClient
+) -> None:
+    admin = await make_admin(app)
+    async with browser_signed_in(app, admin) as (browser, csrf):
+        plan = {"csrf_token": csrf, "code": "odd", "name": "Odd", "credits": "10"}
+        cases = [
+            ({"prices.INR": "1e999999999"}, "prices.INR", "Enter a number"),  # once decimal.Overflow: a 500
+            ({"prices.INR": "1e-999999999"}, "prices.INR", "decimal places"),
+            ({"prices.INR": "1.0000000000000000000000000001"}, "prices.INR", "decimal places"),
+            ({"prices.INR": "NaN"}, "prices.INR", "Enter a number"),
+            ({"prices.INR": "\u0661\u0662"}, "prices.INR", "Enter a number"),
+            ({"prices.INR": "12", "credits": "1.5"}, "credits", "whole number"),
+            ({"prices.INR": "12", "description": "a\x00b"}, "description", "control characters"),
+        ]
+        for change, field, text in cases:
+            refused = await browser.post("/admin/plans", data={**plan, **change})
+            assert refused.status_code == 400, (change, refused.text)
+            assert text in field_errors(refused.text).get(field, ""), (change, field_errors(refused.text))
+        exact = await browser.post("/admin/plans", data={**plan, "prices.INR": "1,299.50"})
+        assert exact.status_code == 303, field_errors(exact.text)
+
+        await browser.post(
+            "/admin/coupons",
+            data={
+                "csrf_token": csrf,
+                "code": "ODD",
+                "kind": "percent_off",
+                "percent": "5",
+                "visibility": "public",
+            },
+        )
+        allot = await browser.post(
+            "/admin/coupons/ODD/assignments", data={"csrf_token": csrf, "emails": "a\x00@example.com"}
+        )
+        assert allot.status_code == 400 and "control characters" in field_errors(allot.text)["emails"]
+    found = (await client.get("/v1/plans/odd")).json()
+    assert found["prices"]["INR"] == 129950

@@ -10,17 +10,20 @@ live parts (the balance over ``/v1/stream``) are ``static/account.js``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, Protocol, TypeVar, get_args
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prepaid.auth import service as auth_service
+from prepaid.auth.models import ApiKey
 from prepaid.auth.schemas import ApiKeyCreate
 from prepaid.db import utcnow
 from prepaid.deps import ReadSession, Session, SettingsDep, get_database
@@ -47,8 +50,10 @@ from prepaid.web.render import (
     FormUser,
     PageInterrupt,
     PageUser,
+    UrlId,
     domain_errors,
     message,
+    parse_amount,
     refused,
     render,
     session_csrf_ok,
@@ -58,8 +63,11 @@ from prepaid.web.render import (
 )
 
 router = APIRouter(include_in_schema=False)
-IdPath = Annotated[str, Path(max_length=64)]
-Cursor = Annotated[str | None, Query(max_length=64)]
+IdPath = Annotated[UrlId, Path()]
+Cursor = Annotated[UrlId | None, Query()]
+# Form fields without FastAPI's length limit (which answers JSON): the schemas bound them, next to the field.
+FieldText = Annotated[str, Form()]
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(9998, 12, 31)
 CHART_DAYS = 30
 PAGE_SIZE = 20
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -192,17 +200,36 @@ async def account_page(
     principal: PageUser,
     session: Session,
     settings: SettingsDep,
-    saved: Annotated[str | None, Query(max_length=64)] = None,
+    saved: str = "",
 ) -> Response:
     return await _overview(request, session, settings, principal, saved=saved)
 
 
+class _Owned(Protocol):
+    @property
+    def user_id(self) -> str | None: ...
+
+
+OwnedT = TypeVar("OwnedT", bound=_Owned)
+
+
+async def _owned(
+    principal: auth_service.Principal, find: Awaitable[OwnedT | None], *, missing: str, param: str
+) -> OwnedT:
+    """What ``find`` reads, when it is the signed-in user's own: another user's (an admin's reach included) or
+    none is NotFound with the ``missing`` message, as one that does not exist."""
+    try:
+        found = await find
+    except NotFound:
+        found = None
+    if found is None or found.user_id != principal.user.id:
+        raise NotFound(missing, param=param)
+    return found
+
+
 async def _own_wallet(session: AsyncSession, principal: auth_service.Principal, wallet_id: str) -> Account:
-    """One of the signed-in user's own wallets (another user's answers NotFound, admins' included)."""
-    wallet = await access.wallet(session, principal, wallet_id, access.READ)
-    if wallet.user_id != principal.user.id:
-        raise NotFound(f"No wallet {wallet_id}.", param="wallet_id")
-    return wallet
+    found = access.wallet(session, principal, wallet_id, access.READ)
+    return await _owned(principal, found, missing=f"No wallet {wallet_id}.", param="wallet_id")
 
 
 @router.post("/account/wallets/{wallet_id}/threshold")
@@ -212,7 +239,7 @@ async def threshold_submit(
     principal: FormUser,
     session: Session,
     settings: SettingsDep,
-    low_balance_threshold: FormText = "",
+    low_balance_threshold: FieldText = "",
 ) -> Response:
     """The wallet's low-balance alert: a whole number of credits in the smallest unit, or blank for none."""
     try:
@@ -221,7 +248,7 @@ async def threshold_submit(
         return _not_found(request, settings, principal, error.message)
     text = low_balance_threshold.strip()
     try:
-        value = THRESHOLD.validate_python(int(text) if text else None)
+        value = THRESHOLD.validate_python(parse_amount(text, 0) if text else None)
     except (ValueError, ValidationError):
         return await _overview(
             request,
@@ -229,7 +256,7 @@ async def threshold_submit(
             settings,
             principal,
             threshold_errors={wallet.id: "Enter a whole number of credits, 0 or more, or leave it blank."},
-            threshold_values={wallet.id: low_balance_threshold},
+            threshold_values={wallet.id: low_balance_threshold[:100]},
             status_code=400,
         )
     try:
@@ -278,6 +305,13 @@ def _pager(base: dict[str, str], page: Page[Any], params: PageParams) -> Pager:
     )
 
 
+def _page_params(starting_after: str | None, ending_before: str | None) -> PageParams:
+    """A page of ``PAGE_SIZE`` after or before a cursor (both sent: the older page, as a link never sends both)."""
+    if starting_after and ending_before:
+        ending_before = None
+    return PageParams(limit=PAGE_SIZE, starting_after=starting_after, ending_before=ending_before)
+
+
 class TransactionFilters(BaseModel):
     wallet: str
     kind: str
@@ -289,10 +323,14 @@ def _day_start(text: str, field: str, errors: FieldErrors, zone: Any) -> datetim
     if not text:
         return None
     try:
-        return datetime.combine(date.fromisoformat(text), time.min, tzinfo=zone)
+        day = date.fromisoformat(text)
     except ValueError:
         errors[field] = "Enter a date as YYYY-MM-DD."
         return None
+    if not FIRST_DAY <= day <= LAST_DAY:  # the day after, in any zone, must still be a datetime
+        errors[field] = f"Enter a day from {FIRST_DAY} to {LAST_DAY}."
+        return None
+    return datetime.combine(day, time.min, tzinfo=zone)
 
 
 @router.get("/account/transactions")
@@ -301,10 +339,10 @@ async def transactions_page(
     principal: PageUser,
     session: Session,
     settings: SettingsDep,
-    wallet: Annotated[str, Query(max_length=64)] = "",
-    kind: Annotated[str, Query(max_length=32)] = "",
-    since: Annotated[str, Query(max_length=32)] = "",
-    until: Annotated[str, Query(max_length=32)] = "",
+    wallet: Annotated[UrlId | None, Query()] = None,
+    kind: str = "",
+    since: str = "",
+    until: str = "",
     starting_after: Cursor = None,
     ending_before: Cursor = None,
 ) -> Response:
@@ -329,13 +367,11 @@ async def transactions_page(
         before += timedelta(days=1)  # the whole of the last day
     if after is not None and before is not None and before <= after:
         errors["until"] = "The last day cannot come before the first."
-    filters = TransactionFilters(wallet=chosen.id, kind=kind, since=since, until=until)
+    filters = TransactionFilters(wallet=chosen.id, kind=kind[:32], since=since[:32], until=until[:32])
     rows: list[dict[str, Any]] = []
     pager = Pager(newer=None, older=None)
     if not errors:
-        params = PageParams(limit=PAGE_SIZE, starting_after=starting_after, ending_before=ending_before)
-        if starting_after and ending_before:
-            params = PageParams(limit=PAGE_SIZE, starting_after=starting_after)
+        params = _page_params(starting_after, ending_before)
         found = await ledger.list_transactions(
             session, wallet=chosen, params=params, kind=kind_value, created_after=after, created_before=before
         )
@@ -373,13 +409,8 @@ async def transactions_page(
 
 
 async def _own_order(session: AsyncSession, principal: auth_service.Principal, order_id: str) -> PaymentOrder:
-    try:
-        order = await payments.get_order(session, order_id)
-    except NotFound:
-        order = None
-    if order is None or order.user_id != principal.user.id:
-        raise NotFound(f"No order {order_id}.", param="order_id")
-    return order
+    found = payments.get_order(session, order_id)
+    return await _owned(principal, found, missing=f"No order {order_id}.", param="order_id")
 
 
 @router.get("/account/orders")
@@ -391,9 +422,7 @@ async def orders_page(
     starting_after: Cursor = None,
     ending_before: Cursor = None,
 ) -> Response:
-    params = PageParams(limit=PAGE_SIZE, starting_after=starting_after, ending_before=ending_before)
-    if starting_after and ending_before:
-        params = PageParams(limit=PAGE_SIZE, starting_after=starting_after)
+    params = _page_params(starting_after, ending_before)
     found = await payments.list_orders(session, params=params, user_id=principal.user.id)
     context = {
         "orders": found.data,
@@ -513,8 +542,8 @@ async def dispute_submit(
     principal: FormUser,
     session: Session,
     settings: SettingsDep,
-    category: FormText = "",
-    message_text: Annotated[str, Form(alias="message", max_length=6000)] = "",
+    category: FieldText = "",
+    message_text: Annotated[str, Form(alias="message")] = "",
 ) -> Response:
     """Raise a dispute on one of the user's orders, with its first message."""
     try:
@@ -570,13 +599,8 @@ async def dispute_submit(
 async def _own_dispute(
     session: AsyncSession, principal: auth_service.Principal, dispute_id: str
 ) -> PaymentDispute:
-    try:
-        dispute = await disputes.get_dispute(session, dispute_id)
-    except NotFound:
-        dispute = None
-    if dispute is None or dispute.user_id != principal.user.id:
-        raise NotFound(f"No dispute {dispute_id}.", param="dispute_id")
-    return dispute
+    found = disputes.get_dispute(session, dispute_id)
+    return await _owned(principal, found, missing=f"No dispute {dispute_id}.", param="dispute_id")
 
 
 @router.get("/account/disputes")
@@ -588,9 +612,7 @@ async def disputes_page(
     starting_after: Cursor = None,
     ending_before: Cursor = None,
 ) -> Response:
-    params = PageParams(limit=PAGE_SIZE, starting_after=starting_after, ending_before=ending_before)
-    if starting_after and ending_before:
-        params = PageParams(limit=PAGE_SIZE, starting_after=starting_after)
+    params = _page_params(starting_after, ending_before)
     found = await disputes.list_disputes(session, params=params, user_id=principal.user.id)
     context = {
         "disputes": found.data,
@@ -650,7 +672,7 @@ async def dispute_message_submit(
     principal: FormUser,
     session: Session,
     settings: SettingsDep,
-    message_text: Annotated[str, Form(alias="message", max_length=6000)] = "",
+    message_text: Annotated[str, Form(alias="message")] = "",
 ) -> Response:
     try:
         dispute = await _own_dispute(session, principal, dispute_id)
@@ -691,6 +713,15 @@ async def dispute_message_submit(
 # ---------------------------------------------------------------- API keys
 
 
+async def _own_keys(session: AsyncSession, user_id: str, key_id: str | None = None) -> list[ApiKey]:
+    """The user's own live keys, newest first (``list_api_keys`` shows an admin everyone's, 100 at a time, so
+    an admin's own keys could fall off its page)."""
+    stmt = select(ApiKey).where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+    if key_id is not None:
+        stmt = stmt.where(ApiKey.id == key_id)
+    return list((await session.scalars(stmt.order_by(ApiKey.id.desc()))).all())
+
+
 async def _keys_page(
     request: Request,
     session: AsyncSession,
@@ -702,9 +733,8 @@ async def _keys_page(
     values: dict[str, Any] | None = None,
     status_code: int = 200,
 ) -> HTMLResponse:
-    found = await auth_service.list_api_keys(session, actor=principal, params=PageParams(limit=100))
     context = {
-        "keys": [key for key in found.data if key.user_id == principal.user.id],  # an admin lists everyone's
+        "keys": await _own_keys(session, principal.user.id),
         "created": created,
         "scopes": KEY_SCOPES,
         "errors": errors or {},
@@ -734,14 +764,24 @@ async def key_create_submit(
     principal: FormUser,
     session: Session,
     settings: SettingsDep,
-    name: FormText = "",
-    scopes: Annotated[list[str] | None, Form(max_length=5)] = None,
+    name: FieldText = "",
+    scopes: Annotated[list[str] | None, Form()] = None,
 ) -> Response:
     """A new key for the user's apps; its secret is shown on this answer only (only its hash is kept)."""
     chosen = scopes or []
     values = {"name": name, "scopes": chosen}
     try:
         body = ApiKeyCreate(name=name.strip(), scopes=chosen)
+        if "\x00" in body.name:
+            return await _keys_page(
+                request,
+                session,
+                settings,
+                principal,
+                errors={"name": "Remove the control characters from the name."},
+                values=values,
+                status_code=400,
+            )
         if not set(body.scopes) <= auth_service.USER_SCOPES:
             raise ValueError
         async with session.begin_nested():
@@ -772,9 +812,7 @@ async def key_create_submit(
 async def key_revoke_submit(
     request: Request, key_id: IdPath, principal: FormUser, session: Session, settings: SettingsDep
 ) -> Response:
-    found = await auth_service.list_api_keys(session, actor=principal, params=PageParams(limit=100))
-    own = {key.id for key in found.data if key.user_id == principal.user.id}
-    if key_id not in own:
+    if not await _own_keys(session, principal.user.id, key_id):
         return _not_found(request, settings, principal, f"No API key {key_id}.")
     await auth_service.revoke_api_key(session, actor=principal, key_id=key_id)
     return RedirectResponse("/account/keys", status_code=303)
@@ -804,20 +842,19 @@ async def notifications_page(
     principal: PageUser,
     session: Session,
     settings: SettingsDep,
-    unread: Annotated[bool, Query()] = False,
+    unread: str = "",
     starting_after: Cursor = None,
     ending_before: Cursor = None,
 ) -> Response:
-    params = PageParams(limit=PAGE_SIZE, starting_after=starting_after, ending_before=ending_before)
-    if starting_after and ending_before:
-        params = PageParams(limit=PAGE_SIZE, starting_after=starting_after)
+    unread_only = unread.lower() in ("true", "1", "on", "yes")
+    params = _page_params(starting_after, ending_before)
     found = await notify_service.list_notifications(
-        session, user_id=principal.user.id, unread=True if unread else None, page=params
+        session, user_id=principal.user.id, unread=True if unread_only else None, page=params
     )
     context = {
         "notifications": [_notification(n, settings) for n in found.data],
-        "pager": _pager({"unread": "true"} if unread else {}, found, params),
-        "unread": unread,
+        "pager": _pager({"unread": "true"} if unread_only else {}, found, params),
+        "unread": unread_only,
     }
     return _page(
         request,

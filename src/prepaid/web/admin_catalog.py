@@ -12,7 +12,7 @@ exactly into integer minor units.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
@@ -47,14 +47,23 @@ from prepaid.notify import apps_api, webhooks_out
 from prepaid.notify.schemas import WebhookEndpointCreate
 from prepaid.pagination import PageParams
 from prepaid.settings import Settings
-from prepaid.web.render import FieldErrors, FormAdmin, PageAdmin, domain_errors, message, render
+from prepaid.web.render import (
+    FieldErrors,
+    FormAdmin,
+    PageAdmin,
+    UrlId,
+    domain_errors,
+    message,
+    parse_amount,
+    render,
+)
 
 router = APIRouter(include_in_schema=False)
 CURRENCIES = tuple(CURRENCY_MINOR_UNITS)
 BLANK_SLAB_ROWS = 3
 LIST_LIMIT = 50
-Ref = Annotated[str, Path(max_length=64)]
-Cursor = Annotated[str | None, Query(max_length=64)]
+Ref = Annotated[UrlId, Path()]
+Cursor = Annotated[UrlId | None, Query()]
 DONE = {
     "created": "Created.",
     "saved": "Saved.",
@@ -80,8 +89,14 @@ class FormReader:
         self.errors: FieldErrors = {}
 
     def text(self, name: str) -> str:
+        """The field's text, trimmed; a NUL character (which no database column takes) is an error on it."""
         value = self.form.get(name)
-        return value.strip() if isinstance(value, str) else ""
+        if not isinstance(value, str):
+            return ""
+        if "\x00" in value:
+            self.errors.setdefault(name, "Remove the control characters from this field.")
+            return ""
+        return value.strip()
 
     def optional(self, name: str) -> str | None:
         return self.text(name) or None
@@ -90,7 +105,11 @@ class FormReader:
         return name in self.form
 
     def values(self, name: str) -> list[str]:
-        return [v.strip() for v in self.form.getlist(name) if isinstance(v, str) and v.strip()]
+        found = [v.strip() for v in self.form.getlist(name) if isinstance(v, str) and v.strip()]
+        if any("\x00" in v for v in found):
+            self.errors.setdefault(name, "Remove the control characters from this field.")
+            return []
+        return found
 
     def amount(self, name: str, digits: int) -> int | None:
         """Decimal text (``1,299.50``) as whole units of 10^-digits; blank is None."""
@@ -98,19 +117,10 @@ class FormReader:
         if raw is None:
             return None
         try:
-            number = Decimal(raw.replace(",", "").replace("_", ""))
-        except InvalidOperation:
-            self.errors.setdefault(name, "Enter a number, such as 12 or 12.50.")
+            return parse_amount(raw, digits)
+        except ValueError as error:
+            self.errors.setdefault(name, str(error))
             return None
-        if not number.is_finite() or abs(number) > Decimal(10) ** 20:
-            self.errors.setdefault(name, "Enter a number, such as 12 or 12.50.")
-            return None
-        units = number.scaleb(digits)
-        if units != units.to_integral_value():
-            places = f"at most {digits} decimal places" if digits else "a whole number"
-            self.errors.setdefault(name, f"Enter {places}.")
-            return None
-        return int(units)
 
     def money(self, name: str, currency: str) -> int | None:
         return self.amount(name, CURRENCY_MINOR_UNITS[currency])
@@ -339,11 +349,20 @@ async def _plan_page(
     return _page(request, "admin/plan.html", context, settings, admin, status_code)
 
 
-async def _or_missing(
-    request: Request, settings: Settings, admin: Any, page: Callable[[], Awaitable[HTMLResponse]]
+async def _shown(
+    page: Callable[..., Awaitable[HTMLResponse]],
+    request: Request,
+    session: AsyncSession,
+    settings: Settings,
+    admin: Any,
+    *args: Any,
+    **kwargs: Any,
 ) -> HTMLResponse:
+    """A detail page shown (again, with ``errors`` when a change was refused, in the refusal's status), or a
+    "Not found" page when what it shows does not exist."""
     try:
-        return await page()
+        status = status_of(kwargs.get("errors"))
+        return await page(request, session, settings, admin, *args, status_code=status, **kwargs)
     except DomainError as error:
         return message(
             request,
@@ -359,9 +378,7 @@ async def _or_missing(
 async def plan_page(
     request: Request, ref: Ref, admin: PageAdmin, session: Session, settings: SettingsDep
 ) -> Response:
-    return await _or_missing(
-        request, settings, admin, lambda: _plan_page(request, session, settings, admin, ref)
-    )
+    return await _shown(_plan_page, request, session, settings, admin, ref)
 
 
 @router.post("/admin/plans/{ref}")
@@ -385,21 +402,7 @@ async def update_plan(
         result = await attempt(session, save)
     if isinstance(result, dict):
         values = _form_values(form, "popular", "active")
-        return await _or_missing(
-            request,
-            settings,
-            admin,
-            lambda: _plan_page(
-                request,
-                session,
-                settings,
-                admin,
-                ref,
-                values=values,
-                errors=result,
-                status_code=status_of(result),
-            ),
-        )
+        return await _shown(_plan_page, request, session, settings, admin, ref, values=values, errors=result)
     return _back(f"/admin/plans/{result.code}", "saved")
 
 
@@ -411,14 +414,7 @@ async def archive_plan(
         session, lambda: service.archive_plan(session, plan_id=ref, actor=admin.audit_actor), _whole_form
     )
     if isinstance(result, dict):
-        return await _or_missing(
-            request,
-            settings,
-            admin,
-            lambda: _plan_page(
-                request, session, settings, admin, ref, errors=result, status_code=status_of(result)
-            ),
-        )
+        return await _shown(_plan_page, request, session, settings, admin, ref, errors=result)
     return _back(f"/admin/plans/{result.code}", "archived")
 
 
@@ -621,9 +617,7 @@ async def _meter_page(
 async def meter_page(
     request: Request, code: Ref, admin: PageAdmin, session: Session, settings: SettingsDep
 ) -> Response:
-    return await _or_missing(
-        request, settings, admin, lambda: _meter_page(request, session, settings, admin, code)
-    )
+    return await _shown(_meter_page, request, session, settings, admin, code)
 
 
 @router.post("/admin/meters/{code}")
@@ -634,27 +628,10 @@ async def update_meter(
     reader = FormReader(form, settings.credit_scale)
     values = _form_values(form, "active")
 
-    async def refused(errors: FieldErrors) -> HTMLResponse:
-        return await _or_missing(
-            request,
-            settings,
-            admin,
-            lambda: _meter_page(
-                request,
-                session,
-                settings,
-                admin,
-                code,
-                values=values,
-                errors=errors,
-                status_code=status_of(errors),
-            ),
-        )
-
     try:
         meter = await service.get_meter(session, code)
     except DomainError:
-        return await refused({})
+        return await _shown(_meter_page, request, session, settings, admin, code)  # "Not found"
     values["kind"] = meter.kind
     data: dict[str, Any] = {
         "name": reader.text("name"),
@@ -670,7 +647,9 @@ async def update_meter(
             lambda: service.update_meter(session, code=code, actor=admin.audit_actor, changes=body.changes()),
         )
     if isinstance(result, dict):
-        return await refused(result)
+        return await _shown(
+            _meter_page, request, session, settings, admin, code, values=values, errors=result
+        )
     return _back(f"/admin/meters/{result.code}", "saved")
 
 
@@ -682,14 +661,7 @@ async def archive_meter(
         session, lambda: service.archive_meter(session, code=code, actor=admin.audit_actor), _whole_form
     )
     if isinstance(result, dict):
-        return await _or_missing(
-            request,
-            settings,
-            admin,
-            lambda: _meter_page(
-                request, session, settings, admin, code, errors=result, status_code=status_of(result)
-            ),
-        )
+        return await _shown(_meter_page, request, session, settings, admin, code, errors=result)
     return _back(f"/admin/meters/{result.code}", "archived")
 
 
@@ -891,9 +863,7 @@ async def _offer_page(
 async def offer_page(
     request: Request, offer_id: Ref, admin: PageAdmin, session: Session, settings: SettingsDep
 ) -> Response:
-    return await _or_missing(
-        request, settings, admin, lambda: _offer_page(request, session, settings, admin, offer_id)
-    )
+    return await _shown(_offer_page, request, session, settings, admin, offer_id)
 
 
 @router.post("/admin/offers/{offer_id}")
@@ -904,27 +874,10 @@ async def update_offer(
     reader = FormReader(form, settings.credit_scale)
     values = _offer_form_values(form)
 
-    async def refused(errors: FieldErrors) -> HTMLResponse:
-        return await _or_missing(
-            request,
-            settings,
-            admin,
-            lambda: _offer_page(
-                request,
-                session,
-                settings,
-                admin,
-                offer_id,
-                values=values,
-                errors=errors,
-                status_code=status_of(errors),
-            ),
-        )
-
     try:
         offer = await service.get_offer(session, offer_id)
     except DomainError:
-        return await refused({})
+        return await _shown(_offer_page, request, session, settings, admin, offer_id)  # "Not found"
     values["kind"] = offer.kind
     body = validated(OfferUpdate, _read_offer(reader, offer.kind), reader)
     result: Any = reader.errors
@@ -936,7 +889,9 @@ async def update_offer(
             ),
         )
     if isinstance(result, dict):
-        return await refused(result)
+        return await _shown(
+            _offer_page, request, session, settings, admin, offer_id, values=values, errors=result
+        )
     return _back(f"/admin/offers/{result.id}", "saved")
 
 
@@ -950,14 +905,7 @@ async def archive_offer(
         _whole_form,
     )
     if isinstance(result, dict):
-        return await _or_missing(
-            request,
-            settings,
-            admin,
-            lambda: _offer_page(
-                request, session, settings, admin, offer_id, errors=result, status_code=status_of(result)
-            ),
-        )
+        return await _shown(_offer_page, request, session, settings, admin, offer_id, errors=result)
     return _back(f"/admin/offers/{result.id}", "archived")
 
 
@@ -1137,21 +1085,8 @@ async def update_coupon(
                 ),
             )
     if isinstance(result, dict):
-        refusal = result
-        return await _or_missing(
-            request,
-            settings,
-            admin,
-            lambda: _coupon_page(
-                request,
-                session,
-                settings,
-                admin,
-                code,
-                values=values,
-                errors=refusal,
-                status_code=status_of(refusal),
-            ),
+        return await _shown(
+            _coupon_page, request, session, settings, admin, code, values=values, errors=result
         )
     return _back(f"/admin/coupons/{result.code}", "saved")
 
@@ -1165,9 +1100,7 @@ async def coupon_page(
     settings: SettingsDep,
     after: Cursor = None,
 ) -> Response:
-    return await _or_missing(
-        request, settings, admin, lambda: _coupon_page(request, session, settings, admin, code, after=after)
-    )
+    return await _shown(_coupon_page, request, session, settings, admin, code, after=after)
 
 
 async def _user_ids_by_email(session: AsyncSession, emails: list[str]) -> list[str] | FieldErrors:
@@ -1189,7 +1122,7 @@ async def allot_coupon(
     reader = FormReader(form, settings.credit_scale)
     text = reader.text("emails")
     emails = [e.strip() for e in text.replace(",", "\n").splitlines() if e.strip()]
-    result: Any = {"emails": "Enter at least one user's email."} if not emails else None
+    result: Any = reader.errors or ({"emails": "Enter at least one user's email."} if not emails else None)
     if len(emails) > 100:
         result = {"emails": "Allot to at most 100 users at a time."}
     if result is None:
@@ -1202,21 +1135,7 @@ async def allot_coupon(
                 lambda key: "emails" if key.startswith("user_ids") else key,
             )
     if isinstance(result, dict):
-        return await _or_missing(
-            request,
-            settings,
-            admin,
-            lambda: _coupon_page(
-                request,
-                session,
-                settings,
-                admin,
-                code,
-                emails=text,
-                errors=result,
-                status_code=status_of(result),
-            ),
-        )
+        return await _shown(_coupon_page, request, session, settings, admin, code, emails=text, errors=result)
     return _back(f"/admin/coupons/{service.normalize_coupon_code(code)}", "allotted")
 
 
@@ -1232,14 +1151,7 @@ async def withdraw_coupon(
         _whole_form,
     )
     if isinstance(result, dict):
-        return await _or_missing(
-            request,
-            settings,
-            admin,
-            lambda: _coupon_page(
-                request, session, settings, admin, code, errors=result, status_code=status_of(result)
-            ),
-        )
+        return await _shown(_coupon_page, request, session, settings, admin, code, errors=result)
     return _back(f"/admin/coupons/{service.normalize_coupon_code(code)}", "withdrawn")
 
 
@@ -1251,14 +1163,7 @@ async def archive_coupon(
         session, lambda: service.archive_coupon(session, code=code, actor=admin.audit_actor), _whole_form
     )
     if isinstance(result, dict):
-        return await _or_missing(
-            request,
-            settings,
-            admin,
-            lambda: _coupon_page(
-                request, session, settings, admin, code, errors=result, status_code=status_of(result)
-            ),
-        )
+        return await _shown(_coupon_page, request, session, settings, admin, code, errors=result)
     return _back(f"/admin/coupons/{result.code}", "archived")
 
 
@@ -1288,7 +1193,10 @@ async def _webhooks_page(
         "created": created,
     }
     status_code = status_of(errors) if errors else 201 if created is not None else 200
-    return _page(request, "admin/webhooks.html", context, settings, admin, status_code)
+    response = _page(request, "admin/webhooks.html", context, settings, admin, status_code)
+    if created is not None:
+        response.headers["Cache-Control"] = "no-store"  # the signing secret, shown this once
+    return response
 
 
 @router.get("/admin/webhooks")
@@ -1357,12 +1265,7 @@ async def webhook_page(
     settings: SettingsDep,
     after: Cursor = None,
 ) -> Response:
-    return await _or_missing(
-        request,
-        settings,
-        admin,
-        lambda: _webhook_page(request, session, settings, admin, endpoint_id, after=after),
-    )
+    return await _shown(_webhook_page, request, session, settings, admin, endpoint_id, after=after)
 
 
 @router.post("/admin/webhooks/{endpoint_id}/delete")
@@ -1373,14 +1276,7 @@ async def delete_webhook(
         session, lambda: apps_api.delete_webhook_endpoint(endpoint_id, admin, session), _whole_form
     )
     if isinstance(result, dict):
-        return await _or_missing(
-            request,
-            settings,
-            admin,
-            lambda: _webhook_page(
-                request, session, settings, admin, endpoint_id, errors=result, status_code=status_of(result)
-            ),
-        )
+        return await _shown(_webhook_page, request, session, settings, admin, endpoint_id, errors=result)
     return _back("/admin/webhooks", "deleted")
 
 
@@ -1397,12 +1293,5 @@ async def redeliver_webhook(
         session, lambda: apps_api.redeliver_webhook(endpoint_id, delivery_id, admin, session), _whole_form
     )
     if isinstance(result, dict):
-        return await _or_missing(
-            request,
-            settings,
-            admin,
-            lambda: _webhook_page(
-                request, session, settings, admin, endpoint_id, errors=result, status_code=status_of(result)
-            ),
-        )
+        return await _shown(_webhook_page, request, session, settings, admin, endpoint_id, errors=result)
     return _back(f"/admin/webhooks/{endpoint_id}", "redelivered")

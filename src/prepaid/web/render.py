@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +19,7 @@ from fastapi import Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from pydantic import ValidationError
+from pydantic import AfterValidator, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prepaid.auth import service as auth_service
@@ -147,6 +148,45 @@ def to_login(request: Request) -> RedirectResponse:
     """Send a signed-out visitor to the sign-in page, coming back here afterwards."""
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(f"/login?next={safe_next(target)}", status_code=303)
+
+
+def url_id(text: str) -> str:
+    """An id, code or cursor from a page's URL as the database may be asked for it: printable ASCII of at most 64
+    characters, else ``-`` (which names nothing), so odd input is "not found" instead of a driver error."""
+    return text if 0 < len(text) <= 64 and all("!" <= char <= "~" for char in text) else "-"
+
+
+# A page route's id in the path or cursor in the query: ``Annotated[UrlId, Path()]``, ``Annotated[UrlId, Query()]``.
+UrlId = Annotated[str, AfterValidator(url_id)]
+NUMBER_HINT = "Enter a number, such as 12 or 12.50."
+
+
+def parse_amount(raw: str, digits: int) -> int:
+    """Decimal text as people type it (``1,299.50``) as whole units of 10^-digits, by integer arithmetic only
+    (never a float, never a rounding context). ValueError, with a sentence for the person, when it is not one."""
+    text = raw.strip().replace(",", "").replace("_", "")
+    if not text or len(text) > 64 or not text.isascii():
+        raise ValueError(NUMBER_HINT)
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(NUMBER_HINT) from None
+    if not number.is_finite() or number.adjusted() > 20:
+        raise ValueError(NUMBER_HINT)
+    sign, figures, exponent = number.as_tuple()
+    assert isinstance(exponent, int)
+    coefficient = int("".join(map(str, figures)))
+    shift = exponent + digits
+    if coefficient == 0:
+        return 0
+    if shift >= 0:
+        units = coefficient * 10**shift
+    else:
+        rest = 1 if -shift > len(figures) else coefficient % 10**-shift
+        if rest:
+            raise ValueError(f"Enter at most {digits} decimal places." if digits else "Enter a whole number.")
+        units = coefficient // 10**-shift
+    return int(-units if sign else units)
 
 
 def validation_errors(error: ValidationError) -> FieldErrors:

@@ -21,9 +21,10 @@
     const sign = amount < 0 ? "-" : "";
     const units = Math.abs(Math.trunc(amount));
     const base = 10 ** scale;
-    const whole = String(Math.floor(units / base)).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
+    const rest = units % base;  // exact for integers below 2^53; a float division could round the whole part up
+    const whole = String((units - rest) / base).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
     if (!scale) return sign + whole;
-    const fraction = String(units % base).padStart(scale, "0").replace(/0+$/, "");
+    const fraction = String(rest).padStart(scale, "0").replace(/0+$/, "");
     return sign + whole + (fraction ? "." + fraction : "");
   }
 
