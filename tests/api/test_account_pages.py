@@ -146,7 +146,7 @@ async def test_the_low_balance_threshold_form_shows_errors_next_to_the_field(app
         action = f"/account/wallets/{wallet_id}/threshold"
         refused = await browser.post(action, data={"csrf_token": csrf, "low_balance_threshold": "-5"})
         assert refused.status_code == 400
-        assert "whole number" in error_for(refused.text, "low_balance_threshold")
+        assert "number of credits" in error_for(refused.text, "low_balance_threshold")
         assert 'value="-5"' in refused.text
         assert (await wallet_row(app, wallet_id)).low_balance_threshold is None
 

@@ -248,14 +248,15 @@ async def threshold_submit(
         return _not_found(request, settings, principal, error.message)
     text = low_balance_threshold.strip()
     try:
-        value = THRESHOLD.validate_python(parse_amount(text, 0) if text else None)
+        # Typed in credits as people read them (``12.5``), stored in the asset's smallest unit.
+        value = THRESHOLD.validate_python(parse_amount(text, settings.credit_scale) if text else None)
     except (ValueError, ValidationError):
         return await _overview(
             request,
             session,
             settings,
             principal,
-            threshold_errors={wallet.id: "Enter a whole number of credits, 0 or more, or leave it blank."},
+            threshold_errors={wallet.id: "Enter a number of credits, 0 or more, or leave it blank."},
             threshold_values={wallet.id: low_balance_threshold[:100]},
             status_code=400,
         )
