@@ -96,6 +96,10 @@ async def test_grant_form_shows_errors_next_to_fields_changes_nothing_then_grant
             ({"wallet": wallet_id, "amount": "ten"}, "amount"),
             ({"wallet": wallet_id, "amount": ""}, "amount"),
             ({"wallet": wallet_id, "amount": "-5"}, "amount"),
+            ({"wallet": wallet_id, "amount": "1e999999999"}, "amount"),  # not a float, not an overflow
+            ({"wallet": wallet_id, "amount": "9" * 29}, "amount"),  # too many credits
+            ({"wallet": wallet_id, "amount": "9" * 900}, "amount"),
+            ({"wallet": wallet_id, "amount": "١٢"}, "amount"),  # digits, but not ASCII ones
             ({"wallet": wallet_id, "amount": "5", "expires_on": "2001-01-01"}, "expires_on"),
             ({"wallet": wallet_id, "amount": "5", "expires_on": "soon"}, "expires_on"),
             ({"wallet": wallet_id, "amount": "5", "source": "stolen"}, "source"),
@@ -229,6 +233,8 @@ async def test_orders_filters_detail_and_the_refund_form(app: Any, client: httpx
         for data, field, status in (
             ({"amount": "lots", "clawback": "available"}, "amount", 400),
             ({"amount": "1.234", "clawback": "available"}, "amount", 400),
+            ({"amount": "1.00000000000000000000000000001", "clawback": "available"}, "amount", 400),
+            ({"amount": "1e3", "clawback": "available"}, "amount", 400),
             ({"amount": "250", "clawback": "sometimes"}, "clawback", 400),
             ({"amount": "5000", "clawback": "available"}, "amount", 400),  # more than the ₹1,000 paid
         ):
@@ -366,6 +372,13 @@ async def test_odd_addresses_and_filters_answer_without_crashing(app: Any, clien
             ("/admin/disputes?status=maybe&kind=odd", 400),
             ("/admin/disputes/dsp_missing", 404),
             ("/admin/audit?action=nothing&ending_before=zzz", 200),
+            ("/admin/users?q=%00%C3%A9%F0%9F%92%B8", 200),
+            ("/admin/orders?user=%00", 200),  # a NUL is dropped: no filter
+            ("/admin/orders?user=a%00%40b", 400),
+            ("/admin/audit?action=%00&object_id=%00&actor=%00", 200),
+            ("/admin/audit?starting_after=%00", 200),
+            ("/admin?from=2026-02-30", 400),
+            ("/admin/users/%00", 404),
         ):
             answer = await browser.get(path)
             assert answer.status_code == expected, (path, answer.status_code, answer.text[-800:])

@@ -174,8 +174,15 @@ async def test_stats_count_real_orders_refunds_and_ledger_movements_exactly(
     assert body["from"] == (utcnow().date() - timedelta(days=29)).isoformat()
     assert len(body["credits"]) == 30 and body["credits"][-1]["day"] == day
     assert body["revenue"] == [
-        {"day": day, "currency": "INR", "gross": 300_000, "refunded": 25_000, "net": 275_000},
-        {"day": day, "currency": "USD", "gross": 1_500, "refunded": 0, "net": 1_500},
+        {
+            "day": day,
+            "currency": "INR",
+            "gross": 300_000,
+            "refunded": 25_000,
+            "chargebacks": 0,
+            "net": 275_000,
+        },
+        {"day": day, "currency": "USD", "gross": 1_500, "refunded": 0, "chargebacks": 0, "net": 1_500},
     ]
     # sold: 4 purchases of 100; granted: 4 bonuses of 20, the admin's 7, the expiring 5, the goodwill 3 (not
     # the correction's -2); spent 30 (the refund's clawback is not spending); expired 5
@@ -224,7 +231,14 @@ async def test_days_are_counted_in_the_report_time_zone(app: Any, client: httpx.
     body = (await stats(client, admin, **{"from": "2026-01-10", "to": "2026-01-11"})).json()
     assert body["timezone"] == "Asia/Kolkata"
     assert body["revenue"] == [
-        {"day": "2026-01-11", "currency": "INR", "gross": 100_000, "refunded": 0, "net": 100_000}
+        {
+            "day": "2026-01-11",
+            "currency": "INR",
+            "gross": 100_000,
+            "refunded": 0,
+            "chargebacks": 0,
+            "net": 100_000,
+        }
     ]
     assert [(row["day"], row["sold"], row["granted"]) for row in body["credits"]] == [
         ("2026-01-10", 0, 0),
@@ -252,6 +266,17 @@ async def test_the_period_is_checked(app: Any, client: httpx.AsyncClient) -> Non
     assert (only_to["from"], len(only_to["credits"])) == ("2026-01-30", 30)
     not_a_date = await stats(client, admin, to="yesterday")
     assert not_a_date.status_code == 400 and not_a_date.json()["error"]["param"] == "to"
+    for odd in (
+        "1700000000",
+        "2026-02-30",
+        "99999-01-01",
+        "2026-01-01T00:00:00",
+        "",
+        "\u0662\u0660\u0662\u0666-01-01",
+    ):
+        refused = await stats(client, admin, **{"from": odd, "to": "2026-03-01"})
+        assert refused.status_code == 400, (odd, refused.text)
+        assert refused.json()["error"]["param"] == "from", (odd, refused.text)
     edge = await stats(client, admin, **{"from": "9999-12-31", "to": "9999-12-31"})
     assert edge.status_code == 200 and edge.json()["revenue"] == []
 
@@ -261,3 +286,91 @@ async def test_only_admins_read_the_stats(app: Any, client: httpx.AsyncClient) -
     assert (await client.get("/v1/admin/stats")).status_code == 401
     refused = await client.get("/v1/admin/stats", headers=user.headers)
     assert refused.status_code == 403 and refused.json()["error"]["type"] == "permission_error"
+
+
+async def test_spent_counts_captures_not_transfers_and_a_reversal_counts_back_on_its_own_day(
+    app: Any, client: httpx.AsyncClient
+) -> None:
+    """A captured hold is spent (its released rest is not); credits moved between a user's own wallets are not;
+    a reversal takes back, on the day it is made, what the transaction it reverses counted."""
+    admin = await make_customer(app, roles=["user", "admin"])
+    user = await make_customer(app, name="Mover")
+    wallet_id = await default_wallet_id(app, user)
+    keys = iter(f"stats-reversal:{secrets.token_hex(6)}:{n}" for n in range(20))
+    async with db_of(app).transaction() as session:
+        await ledger_service.grant(session, wallet_id=wallet_id, amount=100, idempotency_key=next(keys))
+        mistaken = await ledger_service.grant(
+            session, wallet_id=wallet_id, amount=9, idempotency_key=next(keys)
+        )
+        agent = await ledger_service.create_wallet(session, user_id=user.id, name="Agent")
+    async with db_of(app).transaction() as session:
+        await ledger_service.transfer(
+            session, from_wallet_id=wallet_id, to_wallet_id=agent.id, amount=40, idempotency_key=next(keys)
+        )
+        await ledger_service.spend(session, wallet_id=agent.id, amount=10, idempotency_key=next(keys))
+        early = await ledger_service.spend(
+            session, wallet_id=wallet_id, amount=15, idempotency_key=next(keys)
+        )
+        same_day = await ledger_service.spend(
+            session, wallet_id=wallet_id, amount=4, idempotency_key=next(keys)
+        )
+        held = await ledger_service.hold(
+            session,
+            wallet_id=wallet_id,
+            amount=20,
+            expires_at=utcnow() + timedelta(hours=1),
+            idempotency_key=next(keys),
+        )
+        assert held.hold is not None
+        await ledger_service.capture(session, hold_id=held.hold.id, amount=12, idempotency_key=next(keys))
+    yesterday = utcnow() - timedelta(days=1)
+    async with db_of(app).transaction() as session:  # the 15 were spent yesterday
+        await session.execute(
+            update(Transaction).where(Transaction.id == early.transaction.id).values(created_at=yesterday)
+        )
+    async with db_of(app).transaction() as session:
+        for reversed_ in (early, same_day, mistaken):
+            await ledger_service.reverse(
+                session, transaction_id=reversed_.transaction.id, idempotency_key=next(keys)
+            )
+
+    body = (await stats(client, admin)).json()
+    today, before = utcnow().date().isoformat(), yesterday.date().isoformat()
+    # today: spent 10 (agent) + 4 + 12 (captured) - 4 - 15 (reversed); granted 100 + 9 - 9
+    assert today_row(body["credits"], today) == {
+        "day": today,
+        "sold": 0,
+        "granted": 100,
+        "spent": 7,
+        "expired": 0,
+    }
+    assert today_row(body["credits"], before)["spent"] == 15  # the day it was spent keeps it
+    week = (await stats(client, admin, **{"from": before, "to": today})).json()
+    assert sum(row["spent"] for row in week["credits"]) == 10 + 12
+
+
+async def test_a_refund_of_an_older_order_comes_off_its_own_day_and_makes_no_top_customer(
+    app: Any, client: httpx.AsyncClient
+) -> None:
+    admin = await make_customer(app, roles=["user", "admin"])
+    buyer = await make_customer(app, name="Old buyer")
+    order_id = await paid_order(app, client, buyer, await make_plan(app))
+    long_ago = utcnow() - timedelta(days=40)
+    async with db_of(app).transaction() as session:  # bought 40 days ago, outside the default period
+        await session.execute(
+            update(PaymentOrder)
+            .where(PaymentOrder.id == order_id)
+            .values(fulfilled_at=long_ago, created_at=long_ago)
+        )
+    refund = await client.post(
+        f"/v1/orders/{order_id}/refunds",
+        json={"amount": 40_000, "clawback": "none"},
+        headers=admin.headers,
+    )
+    assert refund.status_code == 201 and refund.json()["status"] == "processed", refund.text
+    body = (await stats(client, admin)).json()
+    day = utcnow().date().isoformat()
+    assert body["revenue"] == [
+        {"day": day, "currency": "INR", "gross": 0, "refunded": 40_000, "chargebacks": 0, "net": -40_000}
+    ]
+    assert body["top_customers"] == []

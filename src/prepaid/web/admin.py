@@ -12,15 +12,16 @@ SQLite the request must hold no write lock then).
 from __future__ import annotations
 
 import json
+import re
 import secrets
-from collections.abc import Callable, Sequence
-from datetime import date
-from decimal import Decimal, InvalidOperation
+from collections.abc import Callable, Collection, Sequence
+from datetime import date, datetime
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Form, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prepaid.audit import service as audit_service
@@ -46,7 +47,6 @@ from prepaid.web import charts, stats
 from prepaid.web.render import (
     FieldErrors,
     FormAdmin,
-    FormText,
     PageAdmin,
     PageInterrupt,
     domain_errors,
@@ -61,9 +61,19 @@ from prepaid.web.render import (
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 PAGE_SIZE = 25
-IdPath = Annotated[str, Path(max_length=64)]
-QueryText = Annotated[str, Query(max_length=200)]
-Cursor = Annotated[str | None, Query(max_length=64)]
+
+
+def _without_nul(text: str | None) -> str | None:
+    """PostgreSQL refuses a NUL character in any text it is sent: a query with one would be a server error."""
+    return text.replace("\x00", "") if text else text
+
+
+IdPath = Annotated[str, Path(max_length=64), AfterValidator(_without_nul)]
+QueryText = Annotated[str, Query(max_length=200), AfterValidator(_without_nul)]
+DayText = Annotated[str, Query(max_length=40), AfterValidator(_without_nul)]
+FromDay = Annotated[str, Query(alias="from", max_length=40), AfterValidator(_without_nul)]
+Text = Annotated[str, Form(max_length=1000), AfterValidator(_without_nul)]
+Cursor = Annotated[str | None, Query(max_length=64), AfterValidator(_without_nul)]
 NOTICES = {
     "roles": "Roles saved.",
     "activated": "The account is active.",
@@ -99,9 +109,12 @@ def _page(
     *,
     principal: auth_service.Principal,
     settings: Settings,
-    status_code: int = 200,
+    status_code: int | None = None,
 ) -> Response:
+    """The page; without ``status_code``, 400 when the context holds errors, else 200."""
     notice = NOTICES.get(request.query_params.get("notice", ""))
+    if status_code is None:
+        status_code = 400 if context.get("errors") else 200
     return render(
         request,
         name,
@@ -151,18 +164,39 @@ def _first_errors(model: type[BaseModel], values: dict[str, Any]) -> tuple[Any, 
         return None, validation_errors(error)
 
 
+_UNITS = re.compile(r"([0-9]{1,30})(?:\.([0-9]*))?|\.([0-9]+)")
+
+
 def parse_units(text: str, digits: int) -> int:
-    """``"12.5"`` with 2 digits -> 1250; more decimals than the unit has, or not a number, is a ValueError."""
-    try:
-        value = Decimal(text.strip().replace(",", ""))
-    except InvalidOperation:
-        raise ValueError("Enter a number, such as 250 or 99.50.") from None
-    if not value.is_finite():
+    """``"12.5"`` with 2 digits -> 1250, in integer arithmetic (no float, no rounding): ASCII digits with an
+    optional point and thousands commas; more decimals than the unit has, a sign, an exponent or more than 30
+    digits before the point is a ValueError."""
+    found = _UNITS.fullmatch(text.strip().replace(",", ""))
+    if found is None and _UNITS.fullmatch(text.strip().replace(",", "").removeprefix("-")):
+        raise ValueError("Enter an amount above zero.")
+    if found is None:
         raise ValueError("Enter a number, such as 250 or 99.50.")
-    scaled = value.scaleb(digits)
-    if scaled != scaled.to_integral_value():
+    whole, fraction = found.group(1) or "0", (found.group(2) or found.group(3) or "").rstrip("0")
+    if len(fraction) > digits:
         raise ValueError(f"Use at most {digits} decimal places." if digits else "Use a whole number.")
-    return int(scaled)
+    return int(whole + fraction.ljust(digits, "0"))
+
+
+def _error_at(error: DomainError, fields: Collection[str], **renamed: str) -> FieldErrors:
+    """The service's refusal next to the form's field it names (``renamed``: the API's parameter -> the form's
+    field), else at the top of the form."""
+    param = renamed.get(error.param or "", error.param or "")
+    return {param if param in fields else "form": error.message}
+
+
+def _day_start(day: date | None, zone: ZoneInfo) -> datetime | None:
+    """The first instant of ``day`` in ``zone`` (UTC), clamped at the calendar's edge."""
+    return stats.Period(day, day, zone).start if day else None
+
+
+def _day_end(day: date | None, zone: ZoneInfo) -> datetime | None:
+    """The first instant after ``day`` in ``zone`` (UTC), clamped at the calendar's edge."""
+    return stats.Period(day, day, zone).end if day else None
 
 
 def _parse_day(text: str, field: str, errors: FieldErrors) -> date | None:
@@ -181,7 +215,7 @@ def _gateways(request: Request) -> dict[str, Gateway]:
 
 
 async def _gateway_form_admin(
-    request: Request, session: ReadSession, settings: SettingsDep, csrf_token: FormText = ""
+    request: Request, session: ReadSession, settings: SettingsDep, csrf_token: Text = ""
 ) -> auth_service.Principal:
     """An admin's form post for work that calls a gateway: resolved in a read-only transaction, so the
     services may open their own write transactions (and the gateway is never waited on holding a lock)."""
@@ -247,7 +281,7 @@ def _dashboard_charts(figures: stats.Stats, scale: int) -> dict[str, Any]:
                 "svg": charts.stacked_bars(
                     days,
                     {"Net revenue": net},
-                    title=f"Revenue per day in {currency}, net of refunds",
+                    title=f"Revenue per day in {currency}, net of refunds and lost chargebacks",
                     format_value=_money_format(currency),
                 ),
                 "total": sum(net),
@@ -300,8 +334,8 @@ async def dashboard(
     principal: PageAdmin,
     session: Session,
     settings: SettingsDep,
-    from_: Annotated[str, Query(alias="from", max_length=40)] = "",
-    to: Annotated[str, Query(max_length=40)] = "",
+    from_: FromDay = "",
+    to: DayText = "",
 ) -> Response:
     errors: FieldErrors = {}
     first, last = _parse_day(from_, "from", errors), _parse_day(to, "to", errors)
@@ -325,14 +359,7 @@ async def dashboard(
         "figures": figures,
         "charts": _dashboard_charts(figures, settings.credit_scale),
     }
-    return _page(
-        request,
-        "admin/dashboard.html",
-        context,
-        principal=principal,
-        settings=settings,
-        status_code=400 if errors else 200,
-    )
+    return _page(request, "admin/dashboard.html", context, principal=principal, settings=settings)
 
 
 # ---------------------------------------------------------------- users
@@ -412,7 +439,7 @@ async def user_roles_submit(
     principal: FormAdmin,
     session: Session,
     settings: SettingsDep,
-    admin: FormText = "",
+    admin: Text = "",
 ) -> Response:
     try:
         async with session.begin_nested():  # an error undoes all of it; the page is shown again
@@ -422,7 +449,7 @@ async def user_roles_submit(
                 session, actor=principal, user_id=user_id, roles=roles, active=None, name=None
             )
     except DomainError as error:
-        errors = {"admin" if error.param == "roles" else "form": error.message}
+        errors = _error_at(error, ("admin",), roles="admin")
         return await _user_page(
             request, session, settings, principal, user_id, errors=errors, status_code=error.status
         )
@@ -436,7 +463,7 @@ async def user_active_submit(
     principal: FormAdmin,
     session: Session,
     settings: SettingsDep,
-    active: FormText = "",
+    active: Text = "",
 ) -> Response:
     if active not in ("true", "false"):
         return await _user_page(
@@ -454,7 +481,7 @@ async def user_active_submit(
                 session, actor=principal, user_id=user_id, roles=None, active=active == "true", name=None
             )
     except DomainError as error:
-        errors = {"active" if error.param == "active" else "form": error.message}
+        errors = _error_at(error, ("active",))
         return await _user_page(
             request, session, settings, principal, user_id, errors=errors, status_code=error.status
         )
@@ -468,12 +495,12 @@ async def user_grant_submit(
     principal: FormAdmin,
     session: Session,
     settings: SettingsDep,
-    wallet: FormText = "",
-    amount: FormText = "",
-    source: FormText = "promotional",
-    expires_on: FormText = "",
-    reason: FormText = "",
-    grant_key: FormText = "",
+    wallet: Text = "",
+    amount: Text = "",
+    source: Text = "promotional",
+    expires_on: Text = "",
+    reason: Text = "",
+    grant_key: Text = "",
 ) -> Response:
     """Credits into one of the user's wallets, through the grant the API's ``POST /v1/wallets/{id}/grants``
     makes. ``grant_key`` (drawn when the form was shown) makes a double submit grant once."""
@@ -494,7 +521,7 @@ async def user_grant_submit(
     expires_at = None
     day = _parse_day(expires_on, "expires_on", errors)
     if day is not None:
-        expires_at = stats.Period(first=day, last=day, zone=stats.report_zone(settings.report_tz)).end
+        expires_at = _day_end(day, stats.report_zone(settings.report_tz))
     body, problems = _first_errors(
         GrantCreate,
         {
@@ -532,11 +559,7 @@ async def user_grant_submit(
                 memo=body.reason,
             )
     except DomainError as error:
-        errors = {
-            "expires_on"
-            if error.param == "expires_at"
-            else (error.param if error.param in form else "form"): error.message
-        }
+        errors = _error_at(error, form, expires_at="expires_on")
         return await _user_page(
             request,
             session,
@@ -560,7 +583,7 @@ async def wallet_frozen_submit(
     principal: FormAdmin,
     session: Session,
     settings: SettingsDep,
-    frozen: FormText = "",
+    frozen: Text = "",
 ) -> Response:
     """Freeze or unfreeze, through the update ``PATCH /v1/wallets/{id}`` makes."""
     errors: FieldErrors = {}
@@ -593,8 +616,8 @@ async def orders_page(
     settings: SettingsDep,
     status: QueryText = "",
     user: QueryText = "",
-    from_: Annotated[str, Query(alias="from", max_length=40)] = "",
-    to: Annotated[str, Query(max_length=40)] = "",
+    from_: FromDay = "",
+    to: DayText = "",
     starting_after: Cursor = None,
     ending_before: Cursor = None,
 ) -> Response:
@@ -627,8 +650,8 @@ async def orders_page(
             params=_params(starting_after, ending_before),
             user_id=user_id,
             status=status or None,
-            created_after=stats.Period(first, first, zone).start if first else None,
-            created_before=stats.Period(last, last, zone).end if last else None,
+            created_after=_day_start(first, zone),
+            created_before=_day_end(last, zone),
         )
         orders, pager = found.data, _pager(request, found, starting_after, ending_before)
         for buyer_id in {order.user_id for order in orders}:
@@ -642,14 +665,7 @@ async def orders_page(
         "buyers": buyers,
         "pager": pager,
     }
-    return _page(
-        request,
-        "admin/orders.html",
-        context,
-        principal=principal,
-        settings=settings,
-        status_code=400 if errors else 200,
-    )
+    return _page(request, "admin/orders.html", context, principal=principal, settings=settings)
 
 
 async def _order_page(
@@ -715,9 +731,9 @@ async def order_refund_submit(
     order_id: IdPath,
     principal: GatewayFormAdmin,
     settings: SettingsDep,
-    amount: FormText = "",
-    reason: FormText = "",
-    clawback: FormText = "",
+    amount: Text = "",
+    reason: Text = "",
+    clawback: Text = "",
 ) -> Response:
     """A full (amount left blank) or partial refund through the gateway, as ``POST /v1/orders/{id}/refunds``."""
     db = get_database(request)
@@ -756,7 +772,7 @@ async def order_refund_submit(
             actor=principal.audit_actor,
         )
     except DomainError as error:
-        errors = {error.param if error.param in form else "form": error.message}
+        errors = _error_at(error, form)
         return await _order_page_again(
             request, db, settings, principal, order_id, errors=errors, refund=form, status_code=error.status
         )
@@ -772,8 +788,8 @@ async def gateway_orders_page(
     principal: PageAdmin,
     settings: SettingsDep,
     gateway: Annotated[str, Query(max_length=32)] = "",
-    from_: Annotated[str, Query(alias="from", max_length=40)] = "",
-    to: Annotated[str, Query(max_length=40)] = "",
+    from_: FromDay = "",
+    to: DayText = "",
 ) -> Response:
     """The gateway's own orders in a window (default: the last 24 hours) beside ours, mismatches named; the
     same comparison as ``GET /v1/admin/gateway_orders``."""
@@ -788,8 +804,8 @@ async def gateway_orders_page(
         errors["gateway"] = "Choose an enabled gateway."
     if not errors:
         now = utcnow()
-        since = stats.Period(first, first, zone).start if first else None
-        until = min(stats.Period(last, last, zone).end, now) if last else None
+        since = _day_start(first, zone)
+        until = min(end_of_last, now) if (end_of_last := _day_end(last, zone)) else None
         try:
             chosen = reconcile.pick_gateway(gateways, settings, gateway or None)
             start, end = reconcile.window(since, until, now=now)
@@ -797,11 +813,7 @@ async def gateway_orders_page(
                 get_database(request), chosen, since=start, until=end
             )
         except InvalidRequest as error:
-            errors = {
-                "from"
-                if error.param == "since"
-                else (error.param if error.param in ("gateway",) else "form"): error.message
-            }
+            errors = _error_at(error, ("gateway", "from"), since="from")
         except GatewayError as error:
             errors = {"form": f"The gateway could not list its orders: {error.message}"}
     context = {
@@ -812,14 +824,7 @@ async def gateway_orders_page(
         "rows": rows,
         "has_more": has_more,
     }
-    return _page(
-        request,
-        "admin/gateway_orders.html",
-        context,
-        principal=principal,
-        settings=settings,
-        status_code=400 if errors else 200,
-    )
+    return _page(request, "admin/gateway_orders.html", context, principal=principal, settings=settings)
 
 
 # ---------------------------------------------------------------- disputes
@@ -858,14 +863,7 @@ async def disputes_page(
         "owners": owners,
         "pager": _pager(request, found, starting_after, ending_before),
     }
-    return _page(
-        request,
-        "admin/disputes.html",
-        context,
-        principal=principal,
-        settings=settings,
-        status_code=400 if errors else 200,
-    )
+    return _page(request, "admin/disputes.html", context, principal=principal, settings=settings)
 
 
 async def _dispute_page(
@@ -935,7 +933,7 @@ async def dispute_reply_submit(
     dispute_id: IdPath,
     principal: GatewayFormAdmin,
     settings: SettingsDep,
-    message: FormText = "",
+    message: Text = "",
 ) -> Response:
     """An admin's answer on the thread (the customer is notified), as ``POST /v1/disputes/{id}/messages``."""
     db = get_database(request)
@@ -959,7 +957,7 @@ async def dispute_reply_submit(
                     actor=principal.audit_actor,
                 )
         except DomainError as error:
-            errors = {"message" if error.param == "message" else "form": error.message}
+            errors = _error_at(error, ("message",))
             status_code = error.status
     if errors:
         return await _dispute_page(
@@ -981,13 +979,13 @@ async def dispute_resolve_submit(
     dispute_id: IdPath,
     principal: GatewayFormAdmin,
     settings: SettingsDep,
-    resolution: FormText = "",
-    note: FormText = "",
-    credits: FormText = "",
-    refund_amount: FormText = "",
-    clawback: FormText = "available",
-    override: FormText = "",
-    override_reason: FormText = "",
+    resolution: Text = "",
+    note: Text = "",
+    credits: Text = "",
+    refund_amount: Text = "",
+    clawback: Text = "available",
+    override: Text = "",
+    override_reason: Text = "",
 ) -> Response:
     """Resolve once, as ``POST /v1/disputes/{id}/resolve``: grant credits (the gateway must show a captured
     payment, or an override with its reason), refund (sent to the gateway after the commit) or reject."""
@@ -1064,14 +1062,13 @@ async def dispute_resolve_submit(
             )
             refund_id = resolved.refund_id if body.resolution == "refund" else None
     except DomainError as error:
-        field = amount_field if error.param == "amount" else (error.param if error.param in form else "form")
         return await _dispute_page(
             request,
             db,
             settings,
             principal,
             dispute_id,
-            errors={field: error.message},
+            errors=_error_at(error, form, amount=amount_field),
             resolve=form,
             status_code=error.status,
         )

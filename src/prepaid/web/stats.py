@@ -4,16 +4,19 @@ Typed functions taking the session (no FastAPI). Every figure is an integer: mon
 credits in the credit asset's smallest unit. Days are calendar days in ``PREPAID_REPORT_TZ`` (UTC by default).
 
 - **Revenue** per day per currency: the money of orders fulfilled that day (``amount_paid``) less the money of
-  the admins' refunds processed that day on fulfilled orders (``gross - refunded = net``). The automatic refund
-  of a second, duplicate payment is left out, as that payment never counted.
+  the admins' refunds processed that day on fulfilled orders and of the chargebacks lost that day (the amount
+  disputed): ``gross - refunded - chargebacks = net``. The automatic refund of a second, duplicate payment is
+  left out, as that payment never counted.
 - **Credits** per day, from the ledger's transactions by kind, measured on their system-account leg: ``sold``
   (``purchase``, out of ``@sales``), ``granted`` (``grant``: bonus, signup and admin grants; and the
   ``adjustment`` credits given to a wallet, such as a dispute's goodwill),
-  ``spent`` (``spend`` and ``capture`` into ``@usage``; a refund's clawback is not spending) and ``expired``
-  (``expire``, into ``@expired``).
+  ``spent`` (``spend`` and ``capture`` into ``@usage``; a refund's or a lost chargeback's clawback and capture
+  are not spending, nor is a transfer between wallets, which has no system leg) and ``expired`` (``expire``,
+  into ``@expired``). A ``reversal`` takes back, on its own day, what the transaction it reverses counted.
 - **Orders by status**: the orders created in the period, counted by their status now.
-- **Top customers**: per currency, the users who paid most (net of refunds) in the period, with the credits
-  (bonus included) their orders fulfilled in the period granted.
+- **Top customers**: per currency, of the users with an order fulfilled in the period, those who paid most
+  (net of refunds and lost chargebacks) in the period, with the credits (bonus included) their orders
+  fulfilled in the period granted.
 
 Grouping by local day happens in the database: PostgreSQL converts with ``timezone()``; SQLite (no time zone
 support) groups by UTC quarter hour, which every real UTC offset is a whole number of, and the quarters are
@@ -28,15 +31,27 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Integer, String, case, cast, func, literal, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Integer,
+    String,
+    case,
+    cast,
+    func,
+    literal,
+    select,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from prepaid.auth.models import User
 from prepaid.errors import InvalidRequest
 from prepaid.ledger.models import Posting, Transaction
 from prepaid.ledger.service import SYSTEM_ACCOUNTS
 from prepaid.money import CREDIT
-from prepaid.payments.models import ORDER_STATUSES, PaymentOrder, PaymentRefund
+from prepaid.payments.models import ORDER_STATUSES, PaymentDispute, PaymentOrder, PaymentRefund
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
@@ -140,10 +155,11 @@ class RevenueDay:
     currency: str
     gross: int
     refunded: int
+    chargebacks: int = 0
 
     @property
     def net(self) -> int:
-        return self.gross - self.refunded
+        return self.gross - self.refunded - self.chargebacks
 
 
 @dataclass
@@ -185,6 +201,47 @@ class Stats:
         return sorted({row.currency for row in self.revenue} | {row.currency for row in self.top_customers})
 
 
+def _money_back(period: Period, *, dialect: str) -> Any:
+    """One row per sum of money given back in the period: the admins' refunds processed on fulfilled orders
+    (``refunded``) and the chargebacks lost (``chargebacks``: the disputed amount, else the order's payment),
+    with the day bucket, the buyer and the currency."""
+    zone = period.zone
+    refunds = (
+        select(
+            _bucket(PaymentRefund.processed_at, dialect=dialect, zone=zone).label("bucket"),
+            PaymentOrder.user_id.label("user_id"),
+            PaymentRefund.currency.label("currency"),
+            PaymentRefund.amount.label("refunded"),
+            literal(0, BigInteger).label("chargebacks"),
+        )
+        .join(PaymentOrder, PaymentOrder.id == PaymentRefund.order_id)
+        .where(
+            PaymentRefund.kind == "admin",
+            PaymentRefund.status == "processed",
+            PaymentOrder.fulfilled_at.is_not(None),
+            PaymentRefund.processed_at >= period.start,
+            PaymentRefund.processed_at < period.end,
+        )
+    )
+    chargebacks = (
+        select(
+            _bucket(PaymentDispute.resolved_at, dialect=dialect, zone=zone).label("bucket"),
+            PaymentOrder.user_id.label("user_id"),
+            func.coalesce(PaymentDispute.currency, PaymentOrder.currency).label("currency"),
+            literal(0, BigInteger).label("refunded"),
+            func.coalesce(PaymentDispute.amount, PaymentOrder.amount_paid).label("chargebacks"),
+        )
+        .join(PaymentOrder, PaymentOrder.id == PaymentDispute.order_id)
+        .where(
+            PaymentDispute.kind == "chargeback",
+            PaymentDispute.status == "lost",
+            PaymentDispute.resolved_at >= period.start,
+            PaymentDispute.resolved_at < period.end,
+        )
+    )
+    return union_all(refunds, chargebacks).subquery()
+
+
 async def revenue_per_day(session: AsyncSession, *, period: Period) -> list[RevenueDay]:
     """Per day and currency with any money in or out, oldest day first."""
     dialect, zone = _dialect(session), period.zone
@@ -197,75 +254,87 @@ async def revenue_per_day(session: AsyncSession, *, period: Period) -> list[Reve
         .where(PaymentOrder.fulfilled_at >= period.start, PaymentOrder.fulfilled_at < period.end)
         .subquery()
     )
-    refund_rows = (
-        select(
-            _bucket(PaymentRefund.processed_at, dialect=dialect, zone=zone).label("bucket"),
-            PaymentRefund.currency.label("currency"),
-            PaymentRefund.amount.label("amount"),
-        )
-        .join(PaymentOrder, PaymentOrder.id == PaymentRefund.order_id)
-        .where(
-            PaymentRefund.kind == "admin",
-            PaymentRefund.status == "processed",
-            PaymentOrder.fulfilled_at.is_not(None),
-            PaymentRefund.processed_at >= period.start,
-            PaymentRefund.processed_at < period.end,
-        )
-        .subquery()
-    )
+    back = _money_back(period, dialect=dialect)
     gross: dict[tuple[date, str], int] = defaultdict(int)
     refunded: dict[tuple[date, str], int] = defaultdict(int)
-    for rows, into in ((gross_rows, gross), (refund_rows, refunded)):
-        result = await session.execute(
-            select(rows.c.bucket, rows.c.currency, func.sum(rows.c.amount)).group_by(
-                rows.c.bucket, rows.c.currency
-            )
+    lost: dict[tuple[date, str], int] = defaultdict(int)
+    for bucket, currency, amount in await session.execute(
+        select(gross_rows.c.bucket, gross_rows.c.currency, func.sum(gross_rows.c.amount)).group_by(
+            gross_rows.c.bucket, gross_rows.c.currency
         )
-        for bucket, currency, amount in result:
-            into[(_day_of(bucket, zone), currency)] += int(amount or 0)
-    keys = sorted(set(gross) | set(refunded))
+    ):
+        gross[(_day_of(bucket, zone), currency)] += int(amount or 0)
+    for bucket, currency, refund_sum, chargeback_sum in await session.execute(
+        select(
+            back.c.bucket, back.c.currency, func.sum(back.c.refunded), func.sum(back.c.chargebacks)
+        ).group_by(back.c.bucket, back.c.currency)
+    ):
+        refunded[(_day_of(bucket, zone), currency)] += int(refund_sum or 0)
+        lost[(_day_of(bucket, zone), currency)] += int(chargeback_sum or 0)
+    keys = sorted(set(gross) | set(refunded) | set(lost))
     return [
-        RevenueDay(day=day, currency=cur, gross=gross[(day, cur)], refunded=refunded[(day, cur)])
+        RevenueDay(
+            day=day,
+            currency=cur,
+            gross=gross.get((day, cur), 0),
+            refunded=refunded.get((day, cur), 0),
+            chargebacks=lost.get((day, cur), 0),
+        )
         for day, cur in keys
     ]
 
 
-async def credits_per_day(session: AsyncSession, *, period: Period) -> list[CreditsDay]:
-    """Every day of the period, oldest first, with credits sold, granted, spent and expired."""
-    dialect, zone = _dialect(session), period.zone
+def _system_legs(period: Period, *, dialect: str, reversals: bool) -> Any:
+    """The credit legs on system accounts of the period's transactions of the figures' kinds (day bucket, kind,
+    account, amount); with ``reversals``, the legs of the period's reversals of such transactions, named by the
+    kind of the transaction they reverse."""
     kinds = sorted({kind for (kinds, _account), _way in CREDIT_FIGURES.values() for kind in kinds})
-    legs = (
-        select(
-            _bucket(Transaction.created_at, dialect=dialect, zone=zone).label("bucket"),
-            Transaction.kind.label("kind"),
-            Posting.account_id.label("account_id"),
-            Posting.amount.label("amount"),
-        )
-        .join(Transaction, Transaction.id == Posting.transaction_id)
-        .where(
-            Transaction.created_at >= period.start,
-            Transaction.created_at < period.end,
-            Transaction.kind.in_(kinds),
-            Posting.account_id.in_(list(SYSTEM_ACCOUNTS.values())),
-            Posting.asset == CREDIT,
-        )
-        .subquery()
-    )
-    out_of = func.sum(case((legs.c.amount < 0, -legs.c.amount), else_=0))
-    into = func.sum(case((legs.c.amount > 0, legs.c.amount), else_=0))
-    result = await session.execute(
-        select(legs.c.bucket, legs.c.kind, legs.c.account_id, out_of, into).group_by(
-            legs.c.bucket, legs.c.kind, legs.c.account_id
-        )
-    )
+    made = Transaction if not reversals else aliased(Transaction, name="reversal")
+    kind: Any = Transaction.kind
+    legs = select(
+        _bucket(made.created_at, dialect=dialect, zone=period.zone).label("bucket"),
+        kind.label("kind"),
+        Posting.account_id.label("account_id"),
+        Posting.amount.label("amount"),
+    ).join(made, made.id == Posting.transaction_id)
+    if reversals:
+        legs = legs.join(Transaction, Transaction.id == made.reverses_id).where(made.kind == "reversal")
+    return legs.where(
+        made.created_at >= period.start,
+        made.created_at < period.end,
+        Transaction.kind.in_(kinds),
+        Posting.account_id.in_(list(SYSTEM_ACCOUNTS.values())),
+        Posting.asset == CREDIT,
+    ).subquery()
+
+
+async def credits_per_day(session: AsyncSession, *, period: Period) -> list[CreditsDay]:
+    """Every day of the period, oldest first, with credits sold, granted, spent and expired. A reversal made in
+    the period takes back, on its own day, what the transaction it reverses counted (so a day may be negative)."""
+    dialect, zone = _dialect(session), period.zone
     days = {day: CreditsDay(day=day) for day in period.days}
-    for bucket, kind, account_id, left, entered in result:
-        row = days.get(_day_of(bucket, zone))
-        if row is None:
-            continue
-        for name, ((figure_kinds, account), way) in CREDIT_FIGURES.items():
-            if kind in figure_kinds and account in ("*", account_id):
-                setattr(row, name, getattr(row, name) + int((left if way == "out" else entered) or 0))
+    for reversals in (False, True):
+        legs = _system_legs(period, dialect=dialect, reversals=reversals)
+        out_of = func.sum(case((legs.c.amount < 0, -legs.c.amount), else_=0))
+        into = func.sum(case((legs.c.amount > 0, legs.c.amount), else_=0))
+        result = await session.execute(
+            select(legs.c.bucket, legs.c.kind, legs.c.account_id, out_of, into).group_by(
+                legs.c.bucket, legs.c.kind, legs.c.account_id
+            )
+        )
+        for bucket, kind, account_id, left, entered in result:
+            row = days.get(_day_of(bucket, zone))
+            if row is None:
+                continue
+            for name, ((figure_kinds, account), way) in CREDIT_FIGURES.items():
+                if kind in figure_kinds and account in ("*", account_id):
+                    # a reversal mirrors its original: what left the account comes back, and the reverse
+                    counted = (
+                        (left if way == "out" else entered)
+                        if not reversals
+                        else -(entered if way == "out" else left)
+                    )
+                    setattr(row, name, getattr(row, name) + int(counted or 0))
     return list(days.values())
 
 
@@ -283,8 +352,8 @@ async def orders_by_status(session: AsyncSession, *, period: Period) -> list[Sta
 async def top_customers(
     session: AsyncSession, *, period: Period, limit: int = TOP_CUSTOMERS
 ) -> list[TopCustomer]:
-    """Per currency (alphabetical), at most ``limit`` users who paid most in the period net of refunds, most
-    first (then by user id)."""
+    """Per currency (alphabetical), at most ``limit`` of the users with an order fulfilled in the period, who paid
+    most in the period net of refunds and lost chargebacks, most first (then by user id)."""
     paid: dict[tuple[str, str], int] = defaultdict(int)
     credits: dict[tuple[str, str], int] = defaultdict(int)
     bought = await session.execute(
@@ -300,21 +369,15 @@ async def top_customers(
     for user_id, currency, amount, granted in bought:
         paid[(user_id, currency)] += int(amount or 0)
         credits[(user_id, currency)] += int(granted or 0)
-    refunded = await session.execute(
-        select(PaymentOrder.user_id, PaymentRefund.currency, func.sum(PaymentRefund.amount))
-        .join(PaymentOrder, PaymentOrder.id == PaymentRefund.order_id)
-        .where(
-            PaymentRefund.kind == "admin",
-            PaymentRefund.status == "processed",
-            PaymentOrder.fulfilled_at.is_not(None),
-            PaymentRefund.processed_at >= period.start,
-            PaymentRefund.processed_at < period.end,
+    back = _money_back(period, dialect=_dialect(session))
+    returned = await session.execute(
+        select(back.c.user_id, back.c.currency, func.sum(back.c.refunded + back.c.chargebacks)).group_by(
+            back.c.user_id, back.c.currency
         )
-        .group_by(PaymentOrder.user_id, PaymentRefund.currency)
     )
-    for user_id, currency, amount in refunded:
+    for user_id, currency, amount in returned:
         paid[(user_id, currency)] -= int(amount or 0)
-    keys = set(paid) | set(credits)
+    keys = set(credits)  # those who bought in the period: a refund alone of an older order makes no customer
     chosen: list[tuple[str, str]] = []
     for currency in sorted({cur for _user, cur in keys}):
         ranked = sorted(

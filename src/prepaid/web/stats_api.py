@@ -39,14 +39,17 @@ class RevenueDayRead(Output):
     currency: str
     gross: int = Field(description="Money of the orders fulfilled that day, in the currency's minor unit.")
     refunded: int = Field(description="Money of the admins' refunds processed that day.")
-    net: int = Field(description="gross - refunded")
+    chargebacks: int = Field(description="Money of the chargebacks lost that day (the amount disputed).")
+    net: int = Field(description="gross - refunded - chargebacks")
 
 
 class CreditsDayRead(Output):
     day: date
     sold: int = Field(description="Credits bought (purchase transactions).")
     granted: int = Field(description="Credits granted: bonus, signup, goodwill and admin grants.")
-    spent: int = Field(description="Credits spent (spends and captured holds).")
+    spent: int = Field(
+        description="Credits spent (spends and captured holds, less the spends reversed that day)."
+    )
     expired: int = Field(description="Credits whose lots expired.")
 
 
@@ -91,7 +94,14 @@ class StatsRead(Output):
             timezone=figures.period.zone.key,
             asset=figures.asset,
             revenue=[
-                RevenueDayRead(day=r.day, currency=r.currency, gross=r.gross, refunded=r.refunded, net=r.net)
+                RevenueDayRead(
+                    day=r.day,
+                    currency=r.currency,
+                    gross=r.gross,
+                    refunded=r.refunded,
+                    chargebacks=r.chargebacks,
+                    net=r.net,
+                )
                 for r in figures.revenue
             ],
             credits=[CreditsDayRead.model_validate(row) for row in figures.credits],
@@ -115,7 +125,7 @@ async def get_stats(
     session: ReadSession,
     settings: SettingsDep,
     from_: Annotated[
-        date | None, Query(alias="from", description="First day (default: 29 days before to).")
+        Day | None, Query(alias="from", description="First day (default: 29 days before to).")
     ] = None,
     to: Annotated[Day | None, Query(description="Last day, included (default: today).")] = None,
 ) -> StatsRead:
