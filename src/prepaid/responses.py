@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import iter_route_contexts
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prepaid.errors import DomainError, error_body
@@ -25,6 +25,10 @@ _STATUS_TYPES = {
     415: ("invalid_request_error", "unsupported_media_type"),
     429: ("rate_limit_error", "rate_limited"),
 }
+
+
+# PostgreSQL's character_not_in_repertoire (a NUL byte in text) and untranslatable_character (\u0000 in JSON).
+UNSTORABLE_TEXT = frozenset({"22021", "22P05"})
 
 
 def error_response(error: DomainError) -> JSONResponse:
@@ -95,6 +99,21 @@ def install_error_handlers(app: FastAPI) -> None:
             ),
             status_code=409,
         )
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, error: DBAPIError) -> JSONResponse:
+        # PostgreSQL cannot store U+0000 in text or JSON: input holding one (in a path, a query, a body) is the
+        # caller's mistake, refused like any other; the transaction was rolled back. Never log the parameters.
+        if getattr(error.orig, "sqlstate", None) in UNSTORABLE_TEXT:
+            return JSONResponse(
+                error_body(
+                    "invalid_request_error",
+                    "invalid_characters",
+                    "The request holds a NUL character (U+0000), which cannot be stored; remove it.",
+                ),
+                status_code=400,
+            )
+        return await unexpected_error(request, error)
 
     @app.exception_handler(Exception)
     async def unexpected_error(_request: Request, error: Exception) -> JSONResponse:

@@ -299,3 +299,23 @@ async def test_permission_errors_use_the_error_format(app: Any, client: httpx.As
     user = await make_customer(app)
     response = await client.get("/v1/users", headers=user.headers)
     assert_error(response, 403, "permission_error", "admin_required")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/v1/wallets/%00", None),
+        ("GET", "/v1/orders?starting_after=%00", None),
+        ("GET", "/v1/transactions/%00", None),
+        ("PATCH", "/v1/me", {"name": "Ada\u0000Lovelace"}),
+    ],
+)
+async def test_a_nul_character_is_never_a_500_and_postgresql_refuses_it_changing_nothing(
+    app: Any, client: httpx.AsyncClient, engine_name: str, method: str, path: str, body: dict[str, Any] | None
+) -> None:
+    admin = await make_customer(app, roles=["user", "admin"], name="Ada")
+    response = await client.request(method, path, json=body, headers=admin.headers)
+    assert response.status_code < 500, response.text
+    if engine_name == "postgresql":
+        assert_error(response, 400, "invalid_request_error", "invalid_characters")
+        assert (await client.get("/v1/me", headers=admin.headers)).json()["name"] == "Ada"
