@@ -56,6 +56,9 @@ class PaymentOrder(Base):
         CheckConstraint("attempt_count >= 0", name="attempt_count_non_negative"),
         Index("ix_payment_order_user_id", "user_id"),
         Index("ix_payment_order_status_expires_at", "status", "expires_at"),
+        # The admin's stats and order lists read a period of orders by when they were made or fulfilled.
+        Index("ix_payment_order_created_at", "created_at"),
+        Index("ix_payment_order_fulfilled_at", "fulfilled_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
