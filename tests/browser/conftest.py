@@ -12,10 +12,11 @@ import asyncio
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -35,6 +36,8 @@ CHROMIUM_ARGS = [
 ]
 ADMIN_EMAIL = "admin@shop.example"
 SCREENSHOTS = OUTPUT_DIR / "browser"
+PAYS, DECLINED = "4111 1111 1111 1111", "4000 0000 0000 0002"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,24 @@ def page(browser: Any, shop: Shop, request: pytest.FixtureRequest) -> Iterator[A
             context.close()
 
 
+@pytest.fixture
+def admin_page(browser: Any, shop: Shop, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A second browser context, signed in as the shop's admin; its last page is saved as a screenshot too."""
+    context = browser.new_context(base_url=shop.base_url, viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(15_000)
+    tab = context.new_page()
+    try:
+        sign_in(tab, email=shop.admin_email, password=shop.admin_password)
+        yield tab
+    finally:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+        try:
+            tab.screenshot(path=str(SCREENSHOTS / f"{name}-admin.png"), full_page=True)
+        finally:
+            context.close()
+
+
 def unique_email(label: str) -> str:
     return f"{label}-{secrets.token_hex(4)}@example.com"
 
@@ -137,3 +158,41 @@ def sign_in(page: Any, *, email: str, password: str) -> None:
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(re.compile(r"/account"))
+
+
+def csrf_of(page: Any) -> str:
+    """The signed-in session's CSRF token, from the page's ``<meta name="csrf-token">``."""
+    token = page.locator('meta[name="csrf-token"]').get_attribute("content")
+    assert token
+    return str(token)
+
+
+def api(page: Any, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """A /v1 call with the page's session cookie and its CSRF token, as static/app.js makes it; must succeed."""
+    answer = page.request.fetch(path, method=method, data=body, headers={"X-CSRF-Token": csrf_of(page)})
+    assert answer.ok, f"{method} {path}: {answer.status} {answer.text()}"
+    return answer.json()
+
+
+def pay_by_card(page: Any, number: str) -> None:
+    """On the sandbox's hosted checkout, pay by card (``PAYS`` pays, ``DECLINED`` is declined); the gateway
+    sends the browser back."""
+    page.wait_for_url(re.compile(r"/sandbox/checkout/"))
+    page.get_by_label("Card number").fill(number)
+    page.get_by_label("Expiry (MM/YY)").fill("12/39")
+    page.get_by_label("CVC").fill("123")
+    page.get_by_label("Name on card").fill("Asha Rao")
+    page.get_by_role("button", name=re.compile(r"by card")).click()
+    page.wait_for_url(re.compile(r"/orders/"))  # the gateway sends the browser back to the return page
+
+
+def wait_for(check: Callable[[], T | None], what: str, seconds: float = 30) -> T:
+    """Poll ``check`` until it returns something truthy (the sandbox's webhooks come from the server's jobs)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.25)

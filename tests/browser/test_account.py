@@ -11,15 +11,7 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from tests.browser.conftest import Shop, register, sign_in, unique_email
-
-PAYS, DECLINED = "4111 1111 1111 1111", "4000 0000 0000 0002"
-
-
-def csrf_of(page: Any) -> str:
-    token = page.locator('meta[name="csrf-token"]').get_attribute("content")
-    assert token
-    return str(token)
+from tests.browser.conftest import DECLINED, PAYS, Shop, csrf_of, pay_by_card, register, sign_in, unique_email
 
 
 def balance_of(page: Any) -> int:
@@ -37,16 +29,6 @@ def place_order(page: Any, plan: str = "standard") -> dict[str, Any]:
     assert answer.status == 201, answer.text()
     order: dict[str, Any] = answer.json()
     return order
-
-
-def pay_by_card(page: Any, card: str) -> None:
-    """On the sandbox's hosted checkout (already open), pay by card; the gateway sends the browser back."""
-    page.get_by_label("Card number").fill(card)
-    page.get_by_label("Expiry (MM/YY)").fill("12/39")
-    page.get_by_label("CVC").fill("123")
-    page.get_by_label("Name on card").fill("Asha Rao")
-    page.get_by_role("button", name=re.compile(r"by card$")).click()
-    page.wait_for_url(re.compile(r"/orders/"))
 
 
 def order_row(page: Any, order_id: str) -> Any:

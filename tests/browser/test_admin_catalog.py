@@ -5,33 +5,14 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
-from tests.browser.conftest import register, sign_in, unique_email
-
-
-@pytest.fixture
-def admin_page(browser: Any, shop: Any) -> Iterator[Any]:
-    """The shop's admin, signed in, in a browser context of their own."""
-    context = browser.new_context(base_url=shop.base_url, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(15_000)
-    tab = context.new_page()
-    try:
-        sign_in(tab, email=shop.admin_email, password=shop.admin_password)
-        yield tab
-    finally:
-        context.close()
+from tests.browser.conftest import api, register, sign_in, unique_email
 
 
 def my_coupons(page: Any) -> list[str]:
     """``GET /v1/me/coupons`` as the page's signed-in user (cookie and the page's CSRF token)."""
-    token = page.locator('meta[name="csrf-token"]').get_attribute("content")
-    answer = page.request.get("/v1/me/coupons", headers={"X-CSRF-Token": token})
-    assert answer.ok, answer.text()
-    return [coupon["code"] for coupon in answer.json()["data"]]
+    return [coupon["code"] for coupon in api(page, "GET", "/v1/me/coupons")["data"]]
 
 
 def test_an_admin_creates_a_coupon_allots_it_and_the_user_sees_it_offered_on_buy(

@@ -9,64 +9,18 @@ does), then pays on the sandbox's hosted checkout page with the test card 4111 1
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
-from tests.browser.conftest import SCREENSHOTS, Shop, register, sign_in, unique_email
+from tests.browser.conftest import PAYS, Shop, api, pay_by_card, register, unique_email, wait_for
 
 XSS_SCRIPT = "<script>window.pwned=1</script>"
 XSS_SVG = '<svg onload="window.pwned=2">'
 XSS = f"{XSS_SCRIPT}{XSS_SVG}"
 
 
-@pytest.fixture
-def admin_page(browser: Any, shop: Shop, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A second browser context, signed in as the shop's admin; its last page is saved as a screenshot too."""
-    context = browser.new_context(base_url=shop.base_url, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(15_000)
-    tab = context.new_page()
-    try:
-        sign_in(tab, email=shop.admin_email, password=shop.admin_password)
-        yield tab
-    finally:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
-        try:
-            tab.screenshot(path=str(SCREENSHOTS / f"{name}-admin.png"), full_page=True)
-        finally:
-            context.close()
-
-
-def csrf(page: Any) -> str:
-    token = page.locator('meta[name="csrf-token"]').get_attribute("content")
-    assert token
-    return str(token)
-
-
-def api(page: Any, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    """A /v1 call with the page's session cookie and its CSRF token, as static/app.js makes it."""
-    answer = page.request.fetch(path, method=method, data=body, headers={"X-CSRF-Token": csrf(page)})
-    assert answer.ok, f"{method} {path}: {answer.status} {answer.text()}"
-    return answer.json()
-
-
 def balance(page: Any) -> int:
     wallets = api(page, "GET", "/v1/wallets")["data"]
     return int(sum(wallet["balance"] for wallet in wallets))
-
-
-def wait_for(check: Any, what: str, seconds: float = 20) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
 
 
 def buy_standard_plan(page: Any) -> dict[str, Any]:
@@ -76,12 +30,7 @@ def buy_standard_plan(page: Any) -> dict[str, Any]:
     checkout = order["checkout"]
     assert checkout["gateway"] == "sandbox" and checkout["redirect_url"], order
     page.goto(checkout["redirect_url"])
-    page.get_by_label("Card number").fill("4111 1111 1111 1111")
-    page.get_by_label("Expiry (MM/YY)").fill("12/40")
-    page.get_by_label("CVC").fill("123")
-    page.get_by_label("Name on card").fill("Test Buyer")
-    page.get_by_role("button", name=re.compile(r"by card")).click()
-    page.wait_for_load_state()
+    pay_by_card(page, PAYS)
     page.goto("/account")
 
     def fulfilled() -> dict[str, Any] | None:

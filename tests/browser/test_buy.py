@@ -8,27 +8,14 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from tests.browser.conftest import register, unique_email
+from tests.browser.conftest import DECLINED, PAYS, api, pay_by_card, register, unique_email
 
-PAYS, DECLINED = "4111 1111 1111 1111", "4000 0000 0000 0002"
 WEBHOOK_WAIT_MS = 30_000  # the sandbox's webhooks are sent by the server's job runner
-
-
-def _pay_on_sandbox(page: Any, number: str) -> None:
-    page.wait_for_url(re.compile(r"/sandbox/checkout/"))
-    page.get_by_label("Card number").fill(number)
-    page.get_by_label("Expiry (MM/YY)").fill("12/39")
-    page.get_by_label("CVC").fill("123")
-    page.get_by_label("Name on card").fill("Asha Rao")
-    page.get_by_role("button", name=re.compile(r"by card")).click()
 
 
 def _orders(page: Any) -> list[dict[str, Any]]:
     """The signed-in user's orders, asked from a page of the session (it carries the CSRF token)."""
-    csrf = page.evaluate("Prepaid.csrf()")  # the session's token, from the page's <meta name="csrf-token">
-    answer = page.request.get("/v1/orders", headers={"X-CSRF-Token": csrf})
-    assert answer.ok, answer.text()
-    data: list[dict[str, Any]] = answer.json()["data"]
+    data: list[dict[str, Any]] = api(page, "GET", "/v1/orders")["data"]
     return data
 
 
@@ -55,7 +42,7 @@ def test_a_new_user_pays_standard_with_a_coupon_and_sees_the_credits_on_account(
     expect(pay).to_have_text("Pay ₹4,050.00")
     pay.dblclick()  # one order all the same (the button locks, and the Idempotency-Key)
 
-    _pay_on_sandbox(page, PAYS)
+    pay_by_card(page, PAYS)
     page.wait_for_url(re.compile(r"/orders/[^/]+/status"))
     expect(page.locator("#order-message")).to_contain_text(
         "500 credits have been added", timeout=WEBHOOK_WAIT_MS
@@ -76,7 +63,7 @@ def test_a_declined_card_says_so_on_the_result_page_and_trying_again_pays(page: 
     expect(page.locator('[data-line="total"]')).to_contain_text("₹1,000.00")
     page.get_by_role("button", name=re.compile(r"^Pay")).click()
 
-    _pay_on_sandbox(page, DECLINED)
+    pay_by_card(page, DECLINED)
     page.wait_for_url(re.compile(r"/orders/[^/]+/return"))
     expect(page.get_by_role("heading", level=1)).to_have_text("Payment declined")
     expect(page.get_by_role("status")).to_contain_text("declined by the bank")
@@ -87,7 +74,7 @@ def test_a_declined_card_says_so_on_the_result_page_and_trying_again_pays(page: 
     page.wait_for_url(re.compile(r"/checkout/|/sandbox/checkout/"))
     if "/sandbox/checkout/" not in page.url:
         page.get_by_role("button", name="Try again").click()
-    _pay_on_sandbox(page, PAYS)
+    pay_by_card(page, PAYS)
     page.wait_for_url(re.compile(r"/orders/[^/]+/status"))
     expect(page.locator("#order-message")).to_contain_text(
         "100 credits have been added", timeout=WEBHOOK_WAIT_MS
