@@ -154,12 +154,7 @@ def _after_commit(sync: SyncSession) -> None:
     for _transaction, balance in moved:  # one event per wallet: its figures after the transaction's last move
         last.pop(balance.wallet_id, None)
         last[balance.wallet_id] = balance
-    # The ledger's record of a wallet supersedes a balance.updated emitted by hand for it (``balance_updated``).
-    events = [
-        {"user_id": p.user_id, **p.event}
-        for p in pending
-        if not (p.event["type"] == "balance.updated" and p.event["data"].get("wallet_id") in last)
-    ]
+    events = [{"user_id": p.user_id, **p.event} for p in pending]
     events += [
         {"user_id": balance.user_id, **balance_event(balance)}
         for balance in last.values()
@@ -437,26 +432,6 @@ async def running_hub(*, database_url: str, redis_url: str | None) -> AsyncItera
 
 
 # ---------------------------------------------------------------- events other domains announce
-
-
-async def balance_updated(session: AsyncSession, *, wallet_id: str) -> dict[str, Any] | None:
-    """``balance.updated`` for a wallet's owner, with the wallet as it stands in this transaction. Not needed
-    after a ledger movement (the ledger's own record announces it, and supersedes this at commit); for a change
-    of what a wallet shows that is not a movement."""
-    from prepaid.ledger import service as ledger_service
-
-    wallet = await ledger_service.get_wallet(session, wallet_id)
-    if wallet.user_id is None:
-        return None
-    data = {
-        "wallet_id": wallet.id,
-        "asset": wallet.asset,
-        "balance": wallet.total,
-        "held": wallet.held,
-        "available": wallet.available,
-        "debt": wallet.debt,
-    }
-    return await emit(session, user_id=wallet.user_id, type="balance.updated", data=data)
 
 
 async def order_paid(

@@ -34,7 +34,6 @@ from prepaid.ledger import access
 from prepaid.ledger import service as ledger_service
 from prepaid.ledger.schemas import GrantCreate
 from prepaid.money import CURRENCY_MINOR_UNITS
-from prepaid.notify import realtime
 from prepaid.notify.email import format_credits, format_money
 from prepaid.pagination import Page, PageParams
 from prepaid.payments import disputes, reconcile, refunds
@@ -548,7 +547,7 @@ async def user_grant_submit(
         )
     try:
         async with session.begin_nested():
-            movement = await ledger_service.grant_credits(
+            await ledger_service.grant_credits(
                 session,
                 wallet_id=target.id,
                 amount=body.amount,
@@ -570,9 +569,7 @@ async def user_grant_submit(
             grant=form,
             status_code=error.status,
         )
-    if not movement.replayed:
-        await realtime.balance_updated(session, wallet_id=target.id)
-    return _done(f"/admin/users/{user_id}", "granted")
+    return _done(f"/admin/users/{user_id}", "granted")  # the ledger announces balance.updated itself
 
 
 @router.post("/users/{user_id}/wallets/{wallet_id}/frozen")
