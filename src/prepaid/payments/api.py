@@ -161,6 +161,12 @@ async def _order_read(db: Database, order_id: str) -> OrderRead:
         return OrderRead.of(order, attempts=await service.attempts_of(session, order_id))
 
 
+def _pays_on_pages(principal: auth_service.Principal) -> bool:
+    """A browser or a bot's customer pays through this server's checkout pages (an app with a token pays a
+    Stripe PaymentIntent itself, with Stripe.js)."""
+    return principal.api_key is not None or principal.web_session is not None
+
+
 # ---------------------------------------------------------------- orders
 
 
@@ -197,19 +203,25 @@ async def create_order(
         gateway=body.gateway,
     )
     db = get_database(request)
+    # Bots send their buyer a checkout_url (Stripe: a Checkout Session); the /buy page opens it too, where a
+    # Stripe order pays with Stripe Elements on our page (a PaymentIntent, as for an app with a token).
+    gateways = _gateways(request)
+    gateway = body.gateway or next((name for name in settings.gateway_names if name in gateways), None)
+    elements = principal.web_session is not None and gateway == "stripe"
     order = await service.place_order(
         db,
         buyer_id=buyer_id,
         purchase=purchase,
-        gateways=_gateways(request),
+        gateways=gateways,
         settings=settings,
         client_ip=client_ip(request),
         user_agent=request.headers.get("user-agent"),
         actor=_actor(principal, buyer_id),
-        # apps and bots send their buyer a checkout_url; the /buy page opens it too (Stripe: a Checkout Session)
-        hosted_checkout=principal.api_key is not None or principal.web_session is not None,
+        hosted_checkout=principal.api_key is not None or (principal.web_session is not None and not elements),
     )
-    return checkout_pages.with_checkout_url(await _order_read(db, order.id), settings)
+    return checkout_pages.with_checkout_url(
+        await _order_read(db, order.id), settings, pages=_pays_on_pages(principal)
+    )
 
 
 @router.get("/orders")
@@ -251,9 +263,11 @@ async def list_orders(
 
 
 @router.get("/orders/{order_id}", responses=_errors(_404="No such order, or not one of yours"))
-async def get_order(order: ReadableOrder, session: ReadSession, settings: SettingsDep) -> OrderRead:
+async def get_order(
+    order: ReadableOrder, principal: OrderReader, session: ReadSession, settings: SettingsDep
+) -> OrderRead:
     read = OrderRead.of(order, attempts=await service.attempts_of(session, order.id))
-    return checkout_pages.with_checkout_url(read, settings)
+    return checkout_pages.with_checkout_url(read, settings, pages=_pays_on_pages(principal))
 
 
 @router.post(
@@ -302,7 +316,9 @@ async def retry_order(
         settings=settings,
         actor=_actor(principal, order.user_id),
     )
-    return checkout_pages.with_checkout_url(await _order_read(db, order.id), settings)
+    return checkout_pages.with_checkout_url(
+        await _order_read(db, order.id), settings, pages=_pays_on_pages(principal)
+    )
 
 
 @router.post(

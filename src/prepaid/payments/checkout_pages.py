@@ -1,7 +1,8 @@
 """The buyer's pages around a gateway's checkout (not under ``/v1``; no sign-in needed):
 
 - ``/orders/{attempt}/return``: where a gateway sends the buyer back (the sandbox by a GET with Razorpay's
-  signed fields, Razorpay Checkout by a POST, Stripe Checkout with ``session_id``). The callback is checked
+  signed fields, Razorpay Checkout by a POST, Stripe Checkout with ``session_id``, Stripe Elements with
+  ``payment_intent`` and ``payment_intent_client_secret``). The callback is checked
   against the gateway order id stored with the attempt, then goes through the orders service's verify path
   (which asks the gateway itself: the query string is trusted for nothing but the signature check). The buyer
   is then sent to the order's signed status page.
@@ -10,8 +11,9 @@
   webhook appear too. Both are reached only through a signed link (the follow link), which shows this order
   and nothing else of the account.
 - ``/checkout/{order}``: the signed ``checkout_url`` a bot sends over chat; it opens the gateway's checkout
-  (the sandbox's hosted page, Razorpay Checkout's own script, or a Stripe Checkout Session) and expires with
-  the order. A failed or expired order can be tried again from it (a form, with CSRF).
+  (the sandbox's hosted page, Razorpay Checkout's own script, a Stripe Checkout Session, or for a Stripe
+  PaymentIntent (a browser's order) Stripe Elements on our page, with Stripe.js from js.stripe.com) and expires
+  with the order. A failed or expired order can be tried again from it (a form, with CSRF).
 - ``/guest/claim``: a guest's emailed one-time link, to set a password on the account made for their order.
 
 Signed links are ``HMAC-SHA256(key, purpose|subject|expires)`` with a key derived from ``PREPAID_SECRET_KEY``
@@ -73,12 +75,24 @@ FINAL = frozenset(
 )
 FINAL |= {"disputed"}
 RAZORPAY_SCRIPT = "https://checkout.razorpay.com/v1/checkout.js"
-# The one page that loads a script from elsewhere: Razorpay Checkout's own, which opens Razorpay's frames.
+# A page that loads a script from elsewhere: Razorpay Checkout's own, which opens Razorpay's frames.
 RAZORPAY_CSP = (
     "default-src 'self'; script-src 'self' https://checkout.razorpay.com; "
     "frame-src https://api.razorpay.com https://checkout.razorpay.com; "
     "connect-src 'self' https://api.razorpay.com https://lumberjack.razorpay.com; img-src 'self' data: https:; "
     "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'self'; object-src 'none'"
+)
+STRIPE_SCRIPT = "https://js.stripe.com/v3/"  # Stripe requires loading it from there, never bundled
+# The Stripe Elements page: the directives Stripe documents for Stripe.js (docs.stripe.com/security/guide, "Content
+# Security Policy"): its script and frames from js.stripe.com and its subdomains, 3D Secure frames from
+# hooks.stripe.com, its API at api.stripe.com, and Google Maps for its address autocomplete. Stripe.js injects
+# style elements, hence 'unsafe-inline' for styles (as on the Razorpay page); scripts stay 'self' plus Stripe.
+STRIPE_CSP = (
+    "default-src 'self'; script-src 'self' https://js.stripe.com https://*.js.stripe.com "
+    "https://maps.googleapis.com; frame-src https://js.stripe.com https://*.js.stripe.com https://hooks.stripe.com; "
+    "connect-src 'self' https://api.stripe.com https://maps.googleapis.com; img-src 'self' data:; "
+    "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'; "
+    "object-src 'none'"
 )
 NEW_PASSWORD: TypeAdapter[str] = TypeAdapter(Password)
 _LINK_LABEL = b"prepaid checkout links v1"
@@ -122,11 +136,12 @@ def checkout_url(settings: Settings, order_id: str, expires_at: datetime) -> str
     return _signed(settings, f"/checkout/{order_id}", "checkout", order_id, expires_at)
 
 
-def with_checkout_url(read: OrderRead, settings: Settings) -> OrderRead:
-    """An order's answer with its ``checkout_url`` while it can be paid through this server's pages (not a
-    Stripe PaymentIntent, which the app itself confirms with Stripe.js)."""
+def with_checkout_url(read: OrderRead, settings: Settings, *, pages: bool = False) -> OrderRead:
+    """An order's answer with its ``checkout_url`` while it can be paid through this server's pages. A Stripe
+    PaymentIntent gets one only for a caller that pays through them (``pages``: a browser, or a bot's customer),
+    where it opens Stripe Elements; an app with a token confirms its PaymentIntent itself with Stripe.js."""
     checkout = read.checkout
-    if checkout is None or (checkout.gateway == "stripe" and not checkout.redirect_url):
+    if checkout is None or (checkout.gateway == "stripe" and not checkout.redirect_url and not pages):
         return read
     return read.model_copy(update={"checkout_url": checkout_url(settings, read.id, read.expires_at)})
 
@@ -430,12 +445,38 @@ def _open_gateway(request: Request, order: PaymentOrder, attempt: PaymentAttempt
         return response
     if attempt.redirect_url:  # the sandbox's hosted page, a Stripe Checkout Session
         return RedirectResponse(attempt.redirect_url, status_code=303)
+    if attempt.gateway == "stripe" and (attempt.checkout or {}).get("client_secret"):
+        return _stripe_elements(request, order, attempt)
     return _message(
         request,
         "Pay in the app",
         "This order can only be paid from the app that created it.",
         status_code=409,
     )
+
+
+def elements_return_url(settings: Settings, attempt: PaymentAttempt) -> str:
+    """Where Stripe.js sends the buyer after ``confirmPayment``: the attempt's return page, to which Stripe adds
+    ``payment_intent``, ``payment_intent_client_secret`` and ``redirect_status``."""
+    return f"{_base(settings)}/orders/{attempt.id}/return"
+
+
+def _stripe_elements(request: Request, order: PaymentOrder, attempt: PaymentAttempt) -> HTMLResponse:
+    """The Payment Element for the attempt's PaymentIntent: the publishable key and the client secret (never the
+    secret key) in data attributes for ``static/checkout/stripe.js``, under Stripe's documented CSP."""
+    settings = _settings(request)
+    client = dict(attempt.checkout or {})
+    context = {
+        "view": order_view(order, settings=settings),
+        "script": STRIPE_SCRIPT,
+        "publishable_key": str(client.get("publishable_key") or ""),
+        "client_secret": str(client.get("client_secret") or ""),
+        "return_url": elements_return_url(settings, attempt),
+    }
+    response = _page(request, "stripe.html", context)
+    response.headers["Content-Security-Policy"] = STRIPE_CSP
+    response.headers["Cross-Origin-Opener-Policy"] = "same-origin-allow-popups"  # wallets open Stripe popups
+    return response
 
 
 @router.get("/checkout/{order_id}", response_class=HTMLResponse)

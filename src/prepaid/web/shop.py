@@ -5,7 +5,7 @@ usage meters' prices, the volume discount slabs and the offers live now, read th
 ``/buy`` (signed in) picks a plan or a custom quantity, a currency and a coupon (typed, or one of the user's
 allotted coupons); ``static/buy.js`` asks ``POST /v1/quotes`` for the live quote as the user types and pays
 with ``POST /v1/orders`` (with an ``Idempotency-Key``), then sends the browser to the order's checkout page
-(``payments/checkout_pages.py``: the sandbox's hosted page, Razorpay Checkout or Stripe Checkout), which comes
+(``payments/checkout_pages.py``: the sandbox's hosted page, Razorpay Checkout or Stripe Elements), which comes
 back to the order's status page. ``/buy/orders/{id}`` and ``/buy/orders/{id}/pay`` lead a signed-in owner to
 that status page and to paying (again), so pages that know only the order id can link there.
 """
