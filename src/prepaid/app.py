@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -162,9 +163,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.realtime_hub = await hub_context.__aenter__()
         if settings.run_jobs:
             runner.start()
+        # What start-up built lives as long as the app: kept out of the cyclic GC's full passes, which a
+        # request allocating many objects (a usage batch) would otherwise trigger over all of it.
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()
             await runner.stop()
             await hub_context.__aexit__(None, None, None)
             for gateway in gateways.values():

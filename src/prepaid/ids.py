@@ -66,3 +66,51 @@ def new_id(prefix: str) -> str:
 
 def has_prefix(value: str, prefix: str) -> bool:
     return value.startswith(prefix + "_") and len(value) == len(prefix) + 27
+
+
+_PAIRS = [first + second for first in _ALPHABET for second in _ALPHABET]  # two characters per 10 bits
+
+
+def new_ids(prefix: str, count: int) -> list[str]:
+    """``count`` ids as ``new_id`` makes them, in increasing order, for a bulk insert: one lock, and the 130
+    bits of each body written ten at a time."""
+    if prefix not in PREFIXES:
+        raise ValueError(f"unknown id prefix {prefix!r}")
+    if count <= 0:
+        return []
+    global _last
+    steps = secrets.token_bytes(2 * count)
+    values: list[int] = []
+    with _lock:
+        millis = time.time_ns() // 1_000_000
+        last_millis, random = _last
+        if millis > last_millis:
+            random = secrets.randbits(80)
+        else:
+            millis, random = last_millis, random + 1 + int.from_bytes(steps[:2], "big")
+        for n in range(count):
+            if n:
+                random += 1 + (steps[2 * n] << 8 | steps[2 * n + 1])
+            if random >= _RANDOM_LIMIT:
+                millis, random = millis + 1, secrets.randbits(79)
+            values.append((millis << 80) | random)
+        _last = (millis, random)
+    p = _PAIRS
+    head = f"{prefix}_"
+    return [
+        head
+        + p[v >> 120 & 1023]
+        + p[v >> 110 & 1023]
+        + p[v >> 100 & 1023]
+        + p[v >> 90 & 1023]
+        + p[v >> 80 & 1023]
+        + p[v >> 70 & 1023]
+        + p[v >> 60 & 1023]
+        + p[v >> 50 & 1023]
+        + p[v >> 40 & 1023]
+        + p[v >> 30 & 1023]
+        + p[v >> 20 & 1023]
+        + p[v >> 10 & 1023]
+        + p[v & 1023]
+        for v in values
+    ]

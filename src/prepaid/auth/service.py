@@ -14,18 +14,21 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Select, Text, cast, func, or_, select, update
+from sqlalchemy import Select, Text, bindparam, cast, func, inspect, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from prepaid.audit import service as audit_service
 from prepaid.auth.models import ApiKey, OneTimeToken, RefreshToken, User, WebSession
-from prepaid.db import utcnow
+from prepaid.db import Base, utcnow
 from prepaid.errors import AuthenticationError, Conflict, InvalidRequest, NotFound, PermissionDenied
 from prepaid.ids import new_id
 from prepaid.ledger import service as ledger_service
@@ -44,6 +47,7 @@ PERSONAL_FIELDS = ("email", "name", "phone", "external_id")
 PASSWORD_RESET = "password_reset"
 EMAIL_VERIFICATION = "email_verification"
 
+_Row = TypeVar("_Row", bound=Base)
 _hasher = PasswordHasher()
 # Verified against when the email is unknown, so login takes the same time whether or not it exists.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
@@ -597,6 +601,35 @@ async def _active_user(session: AsyncSession, user_id: str) -> User:
     return user
 
 
+# The key and its owner in one Core statement, built once: every column of both, by attribute name. A
+# statement made per call costs its construction and cache key on every request, and loading two ORM entities
+# through the ORM about 0.3 ms more than reading a row and making the two objects from it (``_as_loaded``).
+_KEY_ATTRS = [(prop.key, prop.columns[0]) for prop in ApiKey.__mapper__.column_attrs]
+_USER_ATTRS = [(prop.key, prop.columns[0]) for prop in User.__mapper__.column_attrs]
+_KEY_AND_OWNER = (
+    select(*(column for _key, column in _KEY_ATTRS), *(column for _key, column in _USER_ATTRS))
+    .select_from(ApiKey.__table__)
+    .join(User.__table__, User.__table__.c.id == ApiKey.__table__.c.user_id)
+    .where(ApiKey.__table__.c.prefix == bindparam("prefix"))
+)
+
+
+def _as_loaded(session: AsyncSession, cls: type[_Row], values: dict[str, Any]) -> _Row:
+    """The ORM object of a row read with Core, as a query of ``cls`` would give it: the one the session
+    already holds (its expired attributes filled from the row), else a new persistent one with every column
+    loaded (no query, nothing to write)."""
+    found = session.sync_session.identity_map.get(identity_key(cls, values["id"]))
+    if isinstance(found, cls):
+        for attribute in inspect(found).expired_attributes & values.keys():
+            set_committed_value(found, attribute, values[attribute])
+        return found
+    instance: _Row = cls.__mapper__.class_manager.new_instance()
+    instance.__dict__.update(values)
+    make_transient_to_detached(instance)  # every value committed, as if loaded
+    session.add(instance)
+    return instance
+
+
 async def _principal_from_api_key(session: AsyncSession, raw: str) -> Principal:
     invalid = AuthenticationError("The API key is invalid or revoked.", code="invalid_api_key")
     parts = _split_api_key(raw)
@@ -604,14 +637,12 @@ async def _principal_from_api_key(session: AsyncSession, raw: str) -> Principal:
         raise invalid
     public, secret = parts
     # The key and its owner in one query: keys are checked on every call.
-    found = (
-        await session.execute(
-            select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(ApiKey.prefix == public)
-        )
-    ).first()
+    found = (await session.execute(_KEY_AND_OWNER, {"prefix": public})).first()
     if found is None:
         raise invalid
-    key, user = found
+    split = len(_KEY_ATTRS)
+    key = _as_loaded(session, ApiKey, {name: found[n] for n, (name, _c) in enumerate(_KEY_ATTRS)})
+    user = _as_loaded(session, User, {name: found[split + n] for n, (name, _c) in enumerate(_USER_ATTRS)})
     if key.revoked_at is not None or not hmac.compare_digest(key.key_hash, sha256_hex(secret)):
         raise invalid
     if not user.active or user.deleted_at is not None:

@@ -872,6 +872,7 @@ def _transaction_row(
     metadata: dict[str, Any] | None,
     actor_user_id: str | None,
     now: datetime,
+    transaction_id: str | None = None,
 ) -> _Writes:
     """The rows of a transaction and its postings (``legs`` as in ``_new_transaction``, checked the same way)."""
     sums: dict[str, int] = {}
@@ -879,7 +880,7 @@ def _transaction_row(
         sums[asset] = sums.get(asset, 0) + amount
     if any(sums.values()) or len(legs) == 1:
         raise AssertionError(f"unbalanced transaction {kind}: {legs}")
-    transaction_id = new_id("txn")
+    transaction_id = transaction_id or new_id("txn")
     return _Writes(
         transaction={
             "id": transaction_id,
@@ -981,9 +982,9 @@ async def _write(
                 set_committed_value(loaded_lot, "remaining", loaded_lot.remaining + delta)
     row = dict(writes.transaction)
     row["metadata_"] = row.pop("metadata")
-    transaction = _attach(session, Transaction(**row))
+    transaction = _attach(session, Transaction, row)
     postings = [
-        _attach(session, Posting(id=posting_id, **posting))
+        _attach(session, Posting, {"id": posting_id, **posting})
         for posting_id, posting in zip(posting_ids, writes.postings, strict=True)
     ]
     session.info.setdefault(_WRITTEN_POSTINGS, {})[transaction.id] = postings
@@ -991,7 +992,7 @@ async def _write(
     if writes.hold is not None:
         row = dict(writes.hold)
         row["metadata_"] = row.pop("metadata")
-        hold = _attach(session, Hold(**row))
+        hold = _attach(session, Hold, row)
     elif writes.hold_update is not None:
         hold_id = writes.hold_update["id"]
         hold = _loaded(session, Hold, hold_id)
@@ -1054,9 +1055,13 @@ async def _sync_loaded(session: AsyncSession, instance: Base, values: dict[str, 
         set_committed_value(instance, key, value)
 
 
-def _attach(session: AsyncSession, instance: _Model) -> _Model:
-    """A row just written, as a persistent ORM object of the session (no query, nothing more to write)."""
-    make_transient_to_detached(instance)
+def _attach(session: AsyncSession, cls: type[_Model], values: dict[str, Any]) -> _Model:
+    """A row just written (``values`` by attribute name), as a persistent ORM object of the session (no query,
+    nothing more to write). The values go straight into the new instance's state, as a load would put them:
+    the mapped ``__init__`` fires an attribute event per column, several times the cost on the hot path."""
+    instance: _Model = cls.__mapper__.class_manager.new_instance()
+    instance.__dict__.update(values)
+    make_transient_to_detached(instance)  # every given value committed, anything else unloaded
     session.add(instance)
     return instance
 
@@ -1258,6 +1263,7 @@ async def _take_out(
     allow_debt: bool = False,
     expires_at: datetime | None = None,
     owner_id: str | None = None,
+    transaction_id: str | None = None,
 ) -> Movement:
     """Credits out of a wallet's lots: a spend or a hold (down to ``-overdraft_limit`` at most, refused with
     ``insufficient_credits`` otherwise, never on a frozen wallet) or a clawback (all of it into clawback debt
@@ -1310,6 +1316,7 @@ async def _take_out(
         metadata=metadata,
         actor_user_id=actor_user_id,
         now=now,
+        transaction_id=transaction_id,
     )
     taken, shortfall = _take_from(lots, take)
     _add_debt(wallet, shortfall, clawback=operation == "clawback")
@@ -1498,10 +1505,13 @@ async def spend(
     metadata: dict[str, Any] | None = None,
     actor_user_id: str | None = None,
     owner_id: str | None = None,
+    transaction_id: str | None = None,
 ) -> Movement:
     """Credits out, down to ``-overdraft_limit`` at most; refused with ``insufficient_credits`` otherwise.
     With ``owner_id`` (a caller who may act only on that user's wallets), another user's wallet is
-    ``NotFound`` exactly as a missing one, and nothing is written."""
+    ``NotFound`` exactly as a missing one, and nothing is written. ``transaction_id`` (``txn_``, made by
+    ``ids.new_id``) names the transaction in advance, for rows written before it that point to it (a
+    replay of the key answers the earlier transaction, under its own id)."""
     _require_positive(amount)
     digest = request_hash(
         kind, wallet=wallet_id, amount=amount, counterparty=counterparty, reference=reference
@@ -1520,6 +1530,7 @@ async def spend(
         metadata=metadata,
         actor_user_id=actor_user_id,
         owner_id=owner_id,
+        transaction_id=transaction_id,
     )
 
 

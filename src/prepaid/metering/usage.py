@@ -13,6 +13,12 @@ A batch charges each wallet once: one ledger ``spend`` of the sum of its events'
 pay for all of them, the ledger's refusal names what is available (the wallet stays locked), and the events that
 fit are charged in order, skipping the ones that do not.
 
+Rows are written once in the usual case: the claim writes each row with the ledger transaction id made in
+advance for its wallet and the ``balance_after`` the charge is expected to give it (from the wallet as read
+before it was locked); when the charge gives other figures (the wallet changed meanwhile, an event was refused
+or claimed by another request), the rows are corrected in the same transaction. On PostgreSQL the claim is one
+``INSERT ... SELECT`` over a JSON array bound as one parameter.
+
 Events: each wallet a request charged pushes one ``balance.updated`` to its owner's stream, and each event
 charged now (not a replay, not a refused one) queues one ``usage.recorded`` webhook per subscribed endpoint, in
 the request's transaction.
@@ -25,13 +31,14 @@ import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, bindparam, delete, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import String, Table, bindparam, delete, func, select, text, update
+from sqlalchemy import cast as cast_
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,7 +49,7 @@ from prepaid.catalog import service as catalog_service
 from prepaid.catalog.models import Meter
 from prepaid.db import utcnow
 from prepaid.errors import Conflict, DomainError, IdempotencyError, InvalidRequest, NotFound
-from prepaid.ids import new_id
+from prepaid.ids import new_id, new_ids
 from prepaid.ledger import service as ledger_service
 from prepaid.ledger.errors import InsufficientCredits
 from prepaid.ledger.models import Account, Transaction
@@ -211,7 +218,9 @@ async def customer_wallets(session: AsyncSession, *, user_id: str) -> list[Accou
 # ---------------------------------------------------------------- usage events
 
 
-def _request_hash(event: UsageCreate) -> str:
+def _legacy_request_hash(event: UsageCreate) -> str:
+    """The hash stored by the first releases (a JSON dump of the event per event): still compared with the
+    events stored then."""
     payload = {
         "customer": event.customer,
         "wallet": event.wallet,
@@ -224,6 +233,48 @@ def _request_hash(event: UsageCreate) -> str:
         "metadata": event.metadata,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_HASH_MARK = "~"  # never in a legacy (hex) hash; with 63 hex digits it fills the column's 64 characters
+
+
+def _request_hashes(events: Sequence[UsageCreate]) -> list[str]:
+    """What identifies each event's request, to compare a repeat of its id with: the canonical fields joined
+    (``repr`` keeps ``None`` apart from ``"None"`` and an integer apart from a string), the meter as stored,
+    the metadata as sorted JSON only when there is some; SHA-256, marked ``~``."""
+    meters: dict[str, str] = {}
+    digests: list[str] = []
+    sha256 = hashlib.sha256
+    for event in events:
+        meter = meters.get(event.meter)
+        if meter is None:
+            meter = meters[event.meter] = catalog_service.normalize_code(event.meter)
+        metadata = event.metadata
+        canonical = repr(
+            (
+                event.customer,
+                event.wallet,
+                meter,
+                event.quantity,
+                event.input_tokens,
+                event.output_tokens,
+                event.cached_input_tokens,
+                event.timestamp.isoformat() if event.timestamp else None,
+                json.dumps(metadata, sort_keys=True, default=str) if metadata else metadata,
+            )
+        )
+        digests.append(_HASH_MARK + sha256(canonical.encode()).hexdigest()[:63])
+    return digests
+
+
+def _request_hash(event: UsageCreate) -> str:
+    return _request_hashes([event])[0]
+
+
+def _same_request(stored_hash: str, digest: str, event: UsageCreate) -> bool:
+    if stored_hash.startswith(_HASH_MARK):
+        return stored_hash == digest
+    return stored_hash == _legacy_request_hash(event)
 
 
 @dataclass
@@ -266,9 +317,10 @@ class _Pending:
     digest: str
     user_id: str
     wallet: Account
-    meter: Meter
+    wallet_id: str  # the wallet's and meter's columns, read once per batch rather than once per event
+    meter_code: str
     cost: int
-    row_id: str = field(default_factory=lambda: new_id("usg"))
+    row_id: str = ""  # given to the claimed ones in bulk (``ids.new_ids``)
 
 
 class _Refusals:
@@ -364,75 +416,180 @@ def _cost(meter: Meter, event: UsageCreate) -> int:
     return cost
 
 
-def _found_answer(found: UsageEvent, digest: str, owner_id: str | None) -> DomainError | None:
+def _found_answer(
+    found: UsageEvent, event: UsageCreate, digest: str, owner_id: str | None
+) -> DomainError | None:
     """A stored event with this id: the same request by someone who may see it answers it again (None);
     otherwise the refusal."""
     if _other_owner(owner_id, found.user_id):
         return Conflict(
             "This usage id is already used in this deployment.", code="usage_id_taken", param="id"
         )
-    if found.request_hash != digest:
+    if not _same_request(found.request_hash, digest, event):
         return IdempotencyError(
             "This usage id was already used for another event.", code="usage_id_reused", param="id"
         )
     return None
 
 
-def _claim_rows(
-    pending: Sequence[_Pending], *, batch_id: str | None, api_key_id: str | None
-) -> list[dict[str, Any]]:
-    """The rows that claim the events' ids. ``balance_after`` holds, until the charge, what the events after
-    this one on the same wallet cost (the charge then adds the wallet's available credits after it)."""
+@dataclass
+class _Claims:
+    """What the claim rows of a request share, and what they are written with.
+
+    The rows are written with the values the charge is expected to give them, so that in the usual case they
+    need no second write: each wallet's ledger transaction id is made in advance (``transaction_ids``), and an
+    event's ``balance_after`` is the wallet's ``available`` as read when it was resolved, less what this
+    request charges it (``expected``), plus what the events after it on that wallet cost (``suffix``). The
+    charge then checks: when the wallet had another ``available`` by the time it was locked, or the id was not
+    used, or not every event was charged, the rows are corrected (in the same transaction)."""
+
+    batch_id: str | None
+    api_key_id: str | None
+    now: datetime
+    suffix: dict[str, int]
+    expected: dict[str, int]
+    transaction_ids: dict[str, str | None]
+
+
+def _claims(pending: Sequence[_Pending], *, batch_id: str | None, api_key_id: str | None) -> _Claims:
+    """Gives the events their row ids (in the order sent, in bulk) and the values their rows are written with."""
+    for item, row_id in zip(pending, new_ids("usg", len(pending)), strict=True):
+        item.row_id = row_id
     after: dict[str, int] = defaultdict(int)
-    suffix: dict[int, int] = {}
+    suffix: dict[str, int] = {}
+    wallets: dict[str, Account] = {}
     for item in reversed(pending):
-        suffix[item.index] = after[item.wallet.id]
-        after[item.wallet.id] += item.cost
-    now = utcnow()
-    return [
+        suffix[item.row_id] = after[item.wallet_id]
+        after[item.wallet_id] += item.cost
+        wallets[item.wallet_id] = item.wallet
+    return _Claims(
+        batch_id=batch_id,
+        api_key_id=api_key_id,
+        now=utcnow(),
+        suffix=suffix,
+        expected={wallet_id: wallet.available - after[wallet_id] for wallet_id, wallet in wallets.items()},
+        transaction_ids={wallet_id: new_id("txn") if after[wallet_id] else None for wallet_id in wallets},
+    )
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.bind.dialect.name if session.bind is not None else "sqlite"
+
+
+# PostgreSQL: the claim rows as one JSON array of arrays, bound as one parameter and taken apart by the server
+# (one ``json.dumps`` in C; per-column arrays cost the driver an ``isinstance`` check per element).
+_PG_CLAIM = text(
+    "INSERT INTO metering_usage (id, event_id, request_hash, user_id, wallet_id, meter_code, quantity, "
+    "input_tokens, output_tokens, cached_input_tokens, cost, asset, balance_after, transaction_id, batch_id, "
+    "api_key_id, metadata, occurred_at, created_at) "
+    "SELECT r->>0, r->>1, r->>2, r->>3, r->>4, r->>5, (r->>6)::bigint, (r->>7)::bigint, (r->>8)::bigint, "
+    "(r->>9)::bigint, (r->>10)::bigint, :asset, (r->>11)::bigint, r->>14, :batch_id, :api_key_id, r->12, "
+    "COALESCE((r->>13)::timestamptz, :created_at), :created_at "
+    "FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS r "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+)
+
+
+async def _claim(session: AsyncSession, pending: Sequence[_Pending], claims: _Claims) -> set[str]:
+    """Inserts the rows of the events whose ids are free and answers those ids; a concurrent claim of the same
+    id waits for the first claimer to finish, and then finds the id taken (or free again, if it was refused).
+    Rows are inserted in event id order: one claim order for every request."""
+    if not pending:
+        return set()
+    ordered = sorted(pending, key=lambda item: item.event.id)
+    now = claims.now
+    if _dialect(session) == "postgresql":
+        suffix, expected, transactions = claims.suffix, claims.expected, claims.transaction_ids
+        values: list[list[Any]] = []
+        for item in ordered:
+            event = item.event
+            values.append(
+                [
+                    item.row_id,
+                    event.id,
+                    item.digest,
+                    item.user_id,
+                    item.wallet_id,
+                    item.meter_code,
+                    event.quantity,
+                    event.input_tokens,
+                    event.output_tokens,
+                    event.cached_input_tokens,
+                    item.cost,
+                    expected[item.wallet_id] + suffix[item.row_id],
+                    event.metadata or {},
+                    event.timestamp.isoformat() if event.timestamp else None,
+                    transactions[item.wallet_id],
+                ]
+            )
+        result = await session.execute(
+            _PG_CLAIM,
+            {
+                "rows": json.dumps(values),
+                "asset": CREDIT,
+                "batch_id": claims.batch_id,
+                "api_key_id": claims.api_key_id,
+                "created_at": now,
+            },
+        )
+        return set(result.scalars().all())
+    # SQLite: one statement executed for many rows (SQLAlchemy's "insertmanyvalues", compiled once).
+    rows = [
         {
             "id": item.row_id,
             "event_id": item.event.id,
             "request_hash": item.digest,
             "user_id": item.user_id,
-            "wallet_id": item.wallet.id,
-            "meter_code": item.meter.code,
+            "wallet_id": item.wallet_id,
+            "meter_code": item.meter_code,
             "quantity": item.event.quantity,
             "input_tokens": item.event.input_tokens,
             "output_tokens": item.event.output_tokens,
             "cached_input_tokens": item.event.cached_input_tokens,
             "cost": item.cost,
-            "asset": item.wallet.asset,
-            "balance_after": suffix[item.index],
-            "transaction_id": None,
-            "batch_id": batch_id,
-            "api_key_id": api_key_id,
+            "asset": CREDIT,
+            "balance_after": claims.expected[item.wallet_id] + claims.suffix[item.row_id],
+            "transaction_id": claims.transaction_ids[item.wallet_id],
+            "batch_id": claims.batch_id,
+            "api_key_id": claims.api_key_id,
             "metadata": item.event.metadata or {},
             "occurred_at": item.event.timestamp or now,
             "created_at": now,
         }
-        for item in sorted(pending, key=lambda item: item.event.id)  # one claim order for every request
+        for item in ordered
     ]
-
-
-async def _claim(session: AsyncSession, rows: list[dict[str, Any]]) -> set[str]:
-    """Inserts the rows whose ids are free and answers those ids; a concurrent claim of the same id waits for
-    the first claimer to finish, and then finds the id taken (or free again, if it was refused)."""
-    if not rows:
-        return set()
-    table = USAGE
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    # One statement, executed for many rows (SQLAlchemy's "insertmanyvalues": batched multi-row INSERTs with
-    # RETURNING, compiled once and cached), rather than a multi-VALUES statement compiled for every request.
-    stmt: Any = (pg_insert if dialect == "postgresql" else sqlite_insert)(table)
-    stmt = stmt.on_conflict_do_nothing(index_elements=["event_id"]).returning(table.c.event_id)
+    stmt = (
+        sqlite_insert(USAGE).on_conflict_do_nothing(index_elements=["event_id"]).returning(USAGE.c.event_id)
+    )
     result = await session.execute(stmt, rows)
     return set(result.scalars().all())
+
+
+def _pg_listed(name: str) -> Any:
+    """The strings of a JSON array parameter, taken apart by PostgreSQL (for an array parameter the driver
+    checks each element in Python)."""
+    return select(func.jsonb_array_elements_text(cast_(bindparam(name, type_=String()), JSONB)))
+
+
+def _among(session: AsyncSession, column: Any, values: list[str]) -> Any:
+    """``column`` is one of ``values``: on PostgreSQL one JSON array parameter, an IN list on SQLite."""
+    if _dialect(session) == "postgresql":
+        listed = cast_(bindparam("values", json.dumps(values), type_=String()), JSONB)
+        return column.in_(select(func.jsonb_array_elements_text(listed)))
+    return column.in_(values)
+
+
+_PG_STORED = select(UsageEvent).where(UsageEvent.event_id.in_(_pg_listed("event_ids")))  # built once
 
 
 async def _stored(session: AsyncSession, event_ids: Sequence[str]) -> dict[str, UsageEvent]:
     found: dict[str, UsageEvent] = {}
     unique = sorted(set(event_ids))
+    if _dialect(session) == "postgresql":
+        if unique:
+            rows = await session.scalars(_PG_STORED, {"event_ids": json.dumps(unique)})
+            found.update({row.event_id: row for row in rows})
+        return found
     for start in range(0, len(unique), 500):
         rows = await session.scalars(
             select(UsageEvent).where(UsageEvent.event_id.in_(unique[start : start + 500]))
@@ -450,6 +607,7 @@ async def _charge_wallet(
     reference: tuple[str, str],
     owner_id: str | None,
     actor_user_id: str | None,
+    transaction_id: str | None,
 ) -> tuple[list[_Pending], dict[int, DomainError], str | None, int]:
     """Charges what ``items`` cost to ``wallet`` in one ledger spend: all of them, or, when the wallet cannot
     pay for all, those that fit in order. Answers the charged items, the refusals, the transaction id (None
@@ -469,6 +627,7 @@ async def _charge_wallet(
             metadata=metadata,
             actor_user_id=actor_user_id,
             owner_id=owner_id,
+            transaction_id=transaction_id,
         )
     except InsufficientCredits as refusal:
         if len(items) == 1:
@@ -562,11 +721,15 @@ async def record_usage(
     (``replayed``), or refused. With ``owner_id`` (a user's own key) only that user's wallets are reachable;
     another user's wallet or customer is not found. Nothing refused is stored or charged."""
     outcomes = [Outcome(event=event) for event in events]
-    digests = [_request_hash(event) for event in events]
+    digests = _request_hashes(events)
     stored = await _stored(session, [event.id for event in events])
     cache = _Refusals()
     pending: list[_Pending] = []
     first_of: dict[str, int] = {}
+    # What a batch's events share, resolved once: their target (customer or wallet), meter and price.
+    targets: dict[tuple[str | None, str | None], tuple[Account, str, str, str | None]] = {}
+    meters: dict[str, tuple[Meter, str]] = {}
+    costs: dict[tuple[str, int | None, int | None, int | None, int | None], int] = {}
     # New customers are created in one order by every request, so two batches never wait on each other.
     for customer in sorted({event.customer for event in events if event.customer and event.wallet is None}):
         probe = UsageCreate.model_construct(id="", meter="", customer=customer, wallet=None)
@@ -575,7 +738,7 @@ async def record_usage(
     for index, event in enumerate(events):
         found = stored.get(event.id)
         if found is not None:
-            answer = _found_answer(found, digests[index], owner_id)
+            answer = _found_answer(found, event, digests[index], owner_id)
             if answer is not None:
                 outcomes[index].error = answer
             else:
@@ -585,24 +748,46 @@ async def record_usage(
             continue
         first_of[event.id] = index
         try:
-            if (event.customer is None) == (event.wallet is None):
-                raise InvalidRequest(
-                    "Give exactly one of customer or wallet.", code="customer_or_wallet", param="customer"
+            target = targets.get((event.customer, event.wallet))
+            if target is None:
+                if (event.customer is None) == (event.wallet is None):
+                    raise InvalidRequest(
+                        "Give exactly one of customer or wallet.", code="customer_or_wallet", param="customer"
+                    )
+                wallet = await _resolve_wallet(
+                    session, event, owner_id=owner_id, provisioning=provisioning, cache=cache
                 )
-            wallet = await _resolve_wallet(
-                session, event, owner_id=owner_id, provisioning=provisioning, cache=cache
-            )
-            meter = await _resolve_meter(session, event.meter, cache)
-            if wallet.asset != CREDIT:
+                target = targets[(event.customer, event.wallet)] = (
+                    wallet,
+                    wallet.id,
+                    wallet.asset,
+                    wallet.user_id,
+                )
+            wallet, wallet_id, asset, user_id = target
+            priced = meters.get(event.meter)
+            if priced is None:
+                meter = await _resolve_meter(session, event.meter, cache)
+                priced = meters[event.meter] = (meter, meter.code)
+            meter, meter_code = priced
+            if asset != CREDIT:
                 raise InvalidRequest("Usage is charged in credits.", code="asset_mismatch", param="wallet")
-            cost = _cost(meter, event)
+            counts = (
+                meter_code,
+                event.quantity,
+                event.input_tokens,
+                event.output_tokens,
+                event.cached_input_tokens,
+            )
+            cost = costs.get(counts)
+            if cost is None:
+                cost = costs[counts] = _cost(meter, event)
         except DomainError as error:
             outcomes[index].error = error
             continue
-        assert wallet.user_id is not None
-        pending.append(_Pending(index, event, digests[index], wallet.user_id, wallet, meter, cost))
-    rows = _claim_rows(pending, batch_id=batch_id, api_key_id=api_key_id)
-    claimed = await _claim(session, rows)
+        assert user_id is not None
+        pending.append(_Pending(index, event, digests[index], user_id, wallet, wallet_id, meter_code, cost))
+    claims = _claims(pending, batch_id=batch_id, api_key_id=api_key_id)
+    claimed = await _claim(session, pending, claims)
     if len(claimed) < len(pending):  # claimed meanwhile by a request that has finished: answer its event
         raced = await _stored(session, [item.event.id for item in pending if item.event.id not in claimed])
         for item in pending:
@@ -614,18 +799,21 @@ async def record_usage(
                     "This usage id is being recorded by another request.", code="usage_id_in_use", param="id"
                 )
                 continue
-            answer = _found_answer(found, item.digest, owner_id)
+            answer = _found_answer(found, item.event, item.digest, owner_id)
             if answer is not None:
                 outcomes[item.index].error = answer
             else:
                 outcomes[item.index].usage, outcomes[item.index].replayed = found, True
+        # Their rows' suffixes counted events that are not theirs: those wallets' rows are rewritten below.
+        uneven = {item.wallet_id for item in pending if item.event.id not in claimed}
         pending = [item for item in pending if item.event.id in claimed]
+    else:
+        uneven = set()
     by_wallet: dict[str, list[_Pending]] = defaultdict(list)
     for item in pending:
-        by_wallet[item.wallet.id].append(item)
+        by_wallet[item.wallet_id].append(item)
     refused_rows: list[str] = []
     charged_rows: dict[str, _Pending] = {}
-    claim_rows = {row["id"]: row for row in rows}
     final: dict[str, tuple[int, str | None]] = {}
     for wallet_id in sorted(by_wallet):  # wallets are locked in id order
         items = by_wallet[wallet_id]
@@ -639,6 +827,7 @@ async def record_usage(
             reference=reference,
             owner_id=owner_id,
             actor_user_id=actor_user_id,
+            transaction_id=claims.transaction_ids[wallet_id],
         )
         for index, refusal in refused.items():
             outcomes[index].error = refusal
@@ -646,18 +835,18 @@ async def record_usage(
         if not charged:
             continue
         table = USAGE
-        if len(charged) == len(items):
-            # The claim rows hold what later events cost: one statement settles them all.
+        if len(charged) == len(items) and wallet_id not in uneven:
+            # The rows were written with the wallet's expected balance and transaction: when the charge gave
+            # others (the wallet changed before it was locked), one statement shifts them all.
             for item in charged:
-                final[item.row_id] = (
-                    claim_rows[item.row_id]["balance_after"] + available_after,
-                    transaction_id,
+                final[item.row_id] = (claims.suffix[item.row_id] + available_after, transaction_id)
+            shift = available_after - claims.expected[wallet_id]
+            if shift or transaction_id != claims.transaction_ids[wallet_id]:
+                await session.execute(
+                    update(table)
+                    .where(_among(session, table.c.id, [item.row_id for item in charged]))
+                    .values(balance_after=table.c.balance_after + shift, transaction_id=transaction_id)
                 )
-            await session.execute(
-                update(table)
-                .where(table.c.id.in_([item.row_id for item in charged]))
-                .values(balance_after=table.c.balance_after + available_after, transaction_id=transaction_id)
-            )
         else:
             values = _suffix_values(charged, available_after)
             final.update({row_id: (after, transaction_id) for row_id, after in values.items()})
@@ -674,26 +863,26 @@ async def record_usage(
         for start in range(0, len(refused_rows), 500):
             await session.execute(delete(table).where(table.c.id.in_(refused_rows[start : start + 500])))
     for row_id, item in charged_rows.items():
-        row = claim_rows[row_id]
         after, transaction = final[row_id]
+        event = item.event
         outcomes[item.index].usage = UsageRow(
             id=row_id,
-            event_id=row["event_id"],
-            user_id=row["user_id"],
-            wallet_id=row["wallet_id"],
-            meter_code=row["meter_code"],
-            quantity=row["quantity"],
-            input_tokens=row["input_tokens"],
-            output_tokens=row["output_tokens"],
-            cached_input_tokens=row["cached_input_tokens"],
-            cost=row["cost"],
-            asset=row["asset"],
+            event_id=event.id,
+            user_id=item.user_id,
+            wallet_id=item.wallet_id,
+            meter_code=item.meter_code,
+            quantity=event.quantity,
+            input_tokens=event.input_tokens,
+            output_tokens=event.output_tokens,
+            cached_input_tokens=event.cached_input_tokens,
+            cost=item.cost,
+            asset=CREDIT,
             balance_after=after,
             transaction_id=transaction,
-            batch_id=row["batch_id"],
-            metadata_=row["metadata"],
-            occurred_at=row["occurred_at"],
-            created_at=row["created_at"],
+            batch_id=claims.batch_id,
+            metadata_=event.metadata or {},
+            occurred_at=event.timestamp or claims.now,
+            created_at=claims.now,
         )
     charged_now = sorted(charged_rows.values(), key=lambda item: item.index)
     await _usage_recorded(session, [cast(UsageRow, outcomes[item.index].usage) for item in charged_now])
