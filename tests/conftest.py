@@ -197,4 +197,55 @@ def sqlite_only_database(tmp_path: Path, sqlite_template: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
+# ---------------------------------------------------------------- parallel runs (pytest-xdist)
+#
+# ``python -m pytest`` (the whole suite, or folders of it) runs on PARALLEL_WORKERS xdist workers (fewer on a
+# smaller machine); named test files run serially, as do ``--pdb``, ``--trace`` and ``--collect-only`` (starting
+# workers costs more than a file's tests take). ``-n N`` (``-n 0``: serial) or ``-p no:xdist`` decides instead.
+# Every worker has its own PostgreSQL database, SQLite template and temporary folder (see above), the servers
+# it starts listen on free ports, and tests/xdist_scheduling.py keeps the heavy modules apart.
+
+PARALLEL_WORKERS = 2  # CI's machine has 2 cores; each worker also drives servers and Chromium
+_OUR_SCHEDULING = pytest.StashKey[bool]()
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which turns ``-n`` into workers
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput") or not config.pluginmanager.hasplugin("xdist"):
+        return
+    option = config.option
+    if option.dist != "no":
+        return  # ``--dist`` chosen on the command line: xdist's own scheduling
+    if option.numprocesses is None and not option.tx:
+        here = config.invocation_params.dir
+        if any(getattr(option, name, False) for name in ("usepdb", "trace", "collectonly")):
+            return
+        if not all((here / arg.split("::", 1)[0]).is_dir() for arg in config.args):
+            return  # test files named: not worth starting workers
+        workers = min(PARALLEL_WORKERS, _available_cpus())
+        if workers < 2:
+            return
+        option.numprocesses = workers
+        option.tx = ["popen"] * workers
+    if option.numprocesses or option.tx:
+        option.dist = "loadscope"
+        config.stash[_OUR_SCHEDULING] = True
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if not config.stash.get(_OUR_SCHEDULING, False):
+        return None
+    from tests.xdist_scheduling import HeavyModulesApart
+
+    return HeavyModulesApart(config, log)
+
+
 __all__ = ["OUTPUT_DIR", "open_database", "skip_or_fail"]

@@ -445,7 +445,7 @@ async def test_odd_filters_and_form_values_are_errors_next_to_their_fields(app: 
         for text in ("\u0661\u0662", "12.5", "9" * 30, "x" * 2000):
             refused = await browser.post(action, data={"csrf_token": csrf, "low_balance_threshold": text})
             assert refused.status_code == 400, (text, refused.text)
-            assert "whole number" in error_for(refused.text, "low_balance_threshold")
+            assert "number of credits" in error_for(refused.text, "low_balance_threshold")
         assert (await wallet_row(app, wallet_id)).low_balance_threshold is None
         saved = await browser.post(action, data={"csrf_token": csrf, "low_balance_threshold": "1,000"})
         assert saved.status_code == 303

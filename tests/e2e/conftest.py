@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 PREPAID = [sys.executable, "-m", "prepaid"]
-START_TIMEOUT = 30.0
+START_TIMEOUT = 90.0  # a loaded machine (parallel test workers) starts `serve --workers 2` slowly
 COMMAND_TIMEOUT = 60.0
 T = TypeVar("T")
 
