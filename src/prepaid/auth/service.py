@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import hmac
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -129,6 +129,14 @@ async def get_user(session: AsyncSession, user_id: str) -> User:
     if user is None or user.deleted_at is not None:
         raise NotFound(f"No user {user_id}.", param="id")
     return user
+
+
+async def users_by_id(session: AsyncSession, user_ids: Iterable[str]) -> dict[str, User]:
+    """The users behind a page of rows, in one query (deleted ones included: their rows still name them)."""
+    wanted = set(user_ids)
+    if not wanted:
+        return {}
+    return {user.id: user for user in await session.scalars(select(User).where(User.id.in_(wanted)))}
 
 
 async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
@@ -512,6 +520,14 @@ def _visible_keys(actor: Principal) -> Select[ApiKey]:
 
 async def list_api_keys(session: AsyncSession, *, actor: Principal, params: PageParams) -> Page[ApiKey]:
     return await paginate(session, _visible_keys(actor), ApiKey.id, params)
+
+
+async def own_api_keys(session: AsyncSession, *, user_id: str, key_id: str | None = None) -> list[ApiKey]:
+    """A user's own live keys, newest first (``list_api_keys`` shows an admin everyone's, a page at a time)."""
+    stmt = select(ApiKey).where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+    if key_id is not None:
+        stmt = stmt.where(ApiKey.id == key_id)
+    return list(await session.scalars(stmt.order_by(ApiKey.id.desc())))
 
 
 async def revoke_api_key(session: AsyncSession, *, actor: Principal, key_id: str) -> ApiKey:

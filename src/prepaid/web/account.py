@@ -19,11 +19,9 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prepaid.auth import service as auth_service
-from prepaid.auth.models import ApiKey
 from prepaid.auth.schemas import ApiKeyCreate
 from prepaid.db import utcnow
 from prepaid.deps import ReadSession, Session, SettingsDep, get_database
@@ -714,15 +712,6 @@ async def dispute_message_submit(
 # ---------------------------------------------------------------- API keys
 
 
-async def _own_keys(session: AsyncSession, user_id: str, key_id: str | None = None) -> list[ApiKey]:
-    """The user's own live keys, newest first (``list_api_keys`` shows an admin everyone's, 100 at a time, so
-    an admin's own keys could fall off its page)."""
-    stmt = select(ApiKey).where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
-    if key_id is not None:
-        stmt = stmt.where(ApiKey.id == key_id)
-    return list((await session.scalars(stmt.order_by(ApiKey.id.desc()))).all())
-
-
 async def _keys_page(
     request: Request,
     session: AsyncSession,
@@ -735,7 +724,7 @@ async def _keys_page(
     status_code: int = 200,
 ) -> HTMLResponse:
     context = {
-        "keys": await _own_keys(session, principal.user.id),
+        "keys": await auth_service.own_api_keys(session, user_id=principal.user.id),
         "created": created,
         "scopes": KEY_SCOPES,
         "errors": errors or {},
@@ -813,7 +802,7 @@ async def key_create_submit(
 async def key_revoke_submit(
     request: Request, key_id: IdPath, principal: FormUser, session: Session, settings: SettingsDep
 ) -> Response:
-    if not await _own_keys(session, principal.user.id, key_id):
+    if not await auth_service.own_api_keys(session, user_id=principal.user.id, key_id=key_id):
         return _not_found(request, settings, principal, f"No API key {key_id}.")
     await auth_service.revoke_api_key(session, actor=principal, key_id=key_id)
     return RedirectResponse("/account/keys", status_code=303)

@@ -651,8 +651,7 @@ async def orders_page(
             created_before=_day_end(last, zone),
         )
         orders, pager = found.data, _pager(request, found, starting_after, ending_before)
-        for buyer_id in {order.user_id for order in orders}:
-            buyers[buyer_id] = await auth_service.get_user(session, buyer_id)
+        buyers = await auth_service.users_by_id(session, (order.user_id for order in orders))
     context = {
         "section": "orders",
         "errors": errors,
@@ -848,9 +847,7 @@ async def disputes_page(
         found = await disputes.list_disputes(
             session, params=_params(starting_after, ending_before), status=status or None, kind=kind or None
         )
-    owners = {
-        user_id: await auth_service.get_user(session, user_id) for user_id in {d.user_id for d in found.data}
-    }
+    owners = await auth_service.users_by_id(session, (dispute.user_id for dispute in found.data))
     context = {
         "section": "disputes",
         "errors": errors,

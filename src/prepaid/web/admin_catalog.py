@@ -18,12 +18,10 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 
 from prepaid.auth import service as auth_service
-from prepaid.auth.models import User
 from prepaid.catalog import service
 from prepaid.catalog.schemas import (
     CouponCreate,
@@ -1043,10 +1041,7 @@ async def _coupon_page(
     assignments = await service.list_assignments(
         session, code=coupon.code, params=PageParams(limit=LIST_LIMIT, starting_after=after)
     )
-    user_ids = [a.user_id for a in assignments.data]
-    users = {
-        user.id: user for user in (await session.scalars(select(User).where(User.id.in_(user_ids)))).all()
-    }
+    users = await auth_service.users_by_id(session, (a.user_id for a in assignments.data))
     context = {
         "coupon": read,
         "assignments": [(a, users.get(a.user_id)) for a in assignments.data],
