@@ -14,7 +14,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Annotated, Any, Protocol, TypeVar, get_args
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -35,7 +34,7 @@ from prepaid.notify import service as notify_service
 from prepaid.notify.email import format_credits, render_inapp
 from prepaid.notify.models import Notification
 from prepaid.observability import log
-from prepaid.pagination import Page, PageParams
+from prepaid.pagination import PageParams
 from prepaid.payments import checkout_pages, disputes
 from prepaid.payments import service as payments
 from prepaid.payments.models import PaymentDispute, PaymentOrder
@@ -47,10 +46,13 @@ from prepaid.web.render import (
     FormText,
     FormUser,
     PageInterrupt,
+    Pager,
     PageUser,
     UrlId,
     domain_errors,
     message,
+    page_params,
+    pager,
     parse_amount,
     refused,
     render,
@@ -284,33 +286,6 @@ async def threshold_submit(
 # ---------------------------------------------------------------- transactions
 
 
-@dataclass(frozen=True)
-class Pager:
-    newer: str | None
-    older: str | None
-
-
-def _pager(base: dict[str, str], page: Page[Any], params: PageParams) -> Pager:
-    """Links to the newer and older pages around a newest-first page (the API's cursors)."""
-    if not page.data:
-        return Pager(newer=None, older=None)
-    first, last = page.data[0].id, page.data[-1].id
-    backwards = params.ending_before is not None
-    has_newer = page.has_more if backwards else params.starting_after is not None
-    has_older = True if backwards else page.has_more
-    return Pager(
-        newer=f"?{urlencode({**base, 'ending_before': first})}" if has_newer else None,
-        older=f"?{urlencode({**base, 'starting_after': last})}" if has_older else None,
-    )
-
-
-def _page_params(starting_after: str | None, ending_before: str | None) -> PageParams:
-    """A page of ``PAGE_SIZE`` after or before a cursor (both sent: the older page, as a link never sends both)."""
-    if starting_after and ending_before:
-        ending_before = None
-    return PageParams(limit=PAGE_SIZE, starting_after=starting_after, ending_before=ending_before)
-
-
 class TransactionFilters(BaseModel):
     wallet: str
     kind: str
@@ -368,9 +343,9 @@ async def transactions_page(
         errors["until"] = "The last day cannot come before the first."
     filters = TransactionFilters(wallet=chosen.id, kind=kind[:32], since=since[:32], until=until[:32])
     rows: list[dict[str, Any]] = []
-    pager = Pager(newer=None, older=None)
+    links = Pager()
     if not errors:
-        params = _page_params(starting_after, ending_before)
+        params = page_params(starting_after, ending_before, PAGE_SIZE)
         found = await ledger.list_transactions(
             session, wallet=chosen, params=params, kind=kind_value, created_after=after, created_before=before
         )
@@ -382,14 +357,14 @@ async def transactions_page(
             change = sum(p.amount for p in read.postings if p.account_id == chosen.id)
             held = sum(p.amount for p in read.postings if p.account_id == chosen.hold_account_id)
             rows.append({"read": read, "change": change, "held": held})
-        pager = _pager(filters.model_dump(), found, params)
+        links = pager(filters.model_dump(), found, params)
     context = {
         "wallets": wallets,
         "wallet": chosen,
         "filters": filters,
         "kinds": [("", "Any kind"), *((name, name.capitalize()) for name in KINDS)],
         "rows": rows,
-        "pager": pager,
+        "pager": links,
         "errors": errors,
         "report_tz": settings.report_tz,
     }
@@ -421,11 +396,11 @@ async def orders_page(
     starting_after: Cursor = None,
     ending_before: Cursor = None,
 ) -> Response:
-    params = _page_params(starting_after, ending_before)
+    params = page_params(starting_after, ending_before, PAGE_SIZE)
     found = await payments.list_orders(session, params=params, user_id=principal.user.id)
     context = {
         "orders": found.data,
-        "pager": _pager({}, found, params),
+        "pager": pager({}, found, params),
         "retryable": payments.RETRYABLE,
         "disputable": disputes.DISPUTABLE_ORDER,
         "now": utcnow(),
@@ -611,11 +586,11 @@ async def disputes_page(
     starting_after: Cursor = None,
     ending_before: Cursor = None,
 ) -> Response:
-    params = _page_params(starting_after, ending_before)
+    params = page_params(starting_after, ending_before, PAGE_SIZE)
     found = await disputes.list_disputes(session, params=params, user_id=principal.user.id)
     context = {
         "disputes": found.data,
-        "pager": _pager({}, found, params),
+        "pager": pager({}, found, params),
         "categories": dict(DISPUTE_CATEGORIES),
     }
     return _page(
@@ -837,13 +812,13 @@ async def notifications_page(
     ending_before: Cursor = None,
 ) -> Response:
     unread_only = unread.lower() in ("true", "1", "on", "yes")
-    params = _page_params(starting_after, ending_before)
+    params = page_params(starting_after, ending_before, PAGE_SIZE)
     found = await notify_service.list_notifications(
         session, user_id=principal.user.id, unread=True if unread_only else None, page=params
     )
     context = {
         "notifications": [_notification(n, settings) for n in found.data],
-        "pager": _pager({"unread": "true"} if unread_only else {}, found, params),
+        "pager": pager({"unread": "true"} if unread_only else {}, found, params),
         "unread": unread_only,
     }
     return _page(

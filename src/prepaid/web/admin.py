@@ -48,8 +48,11 @@ from prepaid.web.render import (
     FormAdmin,
     PageAdmin,
     PageInterrupt,
+    Pager,
     domain_errors,
     message,
+    page_params,
+    pager,
     refused,
     render,
     session_csrf_ok,
@@ -128,32 +131,18 @@ def _done(path: str, notice: str) -> RedirectResponse:
     return RedirectResponse(f"{path}?notice={notice}", status_code=303)
 
 
-def _params(starting_after: str | None, ending_before: str | None, limit: int = PAGE_SIZE) -> PageParams:
-    if starting_after and ending_before:
-        ending_before = None
-    return PageParams(limit=limit, starting_after=starting_after or None, ending_before=ending_before or None)
+def _params(starting_after: str | None, ending_before: str | None) -> PageParams:
+    return page_params(starting_after, ending_before, PAGE_SIZE)
 
 
-def _pager(
-    request: Request, page: Page[Any], starting_after: str | None, ending_before: str | None
-) -> dict[str, str | None]:
+def _pager(request: Request, page: Page[Any], starting_after: str | None, ending_before: str | None) -> Pager:
     """Links to the newer and the older page, keeping the other query parameters."""
     kept = {
         k: v
         for k, v in request.query_params.items()
         if k not in ("starting_after", "ending_before", "notice")
     }
-
-    def link(**cursor: str) -> str:
-        return str(request.url.replace_query_params(**kept, **cursor))
-
-    rows = page.data
-    if not rows:
-        return {"newer": None, "older": None}
-    backwards = bool(ending_before) and not starting_after
-    newer = (page.has_more if backwards else bool(starting_after)) and link(ending_before=rows[0].id)
-    older = (True if backwards else page.has_more) and link(starting_after=rows[-1].id)
-    return {"newer": newer or None, "older": older or None}
+    return pager(kept, page, _params(starting_after, ending_before), path=request.url.path)
 
 
 def _first_errors(model: type[BaseModel], values: dict[str, Any]) -> tuple[Any, FieldErrors]:
@@ -639,7 +628,7 @@ async def orders_page(
         errors["from"] = "From must not be after to."
     zone = stats.report_zone(settings.report_tz)
     orders: list[PaymentOrder] = []
-    pager: dict[str, str | None] = {"newer": None, "older": None}
+    links = Pager()
     buyers: dict[str, User] = {}
     if not errors:
         found = await payments_service.list_orders(
@@ -650,7 +639,7 @@ async def orders_page(
             created_after=_day_start(first, zone),
             created_before=_day_end(last, zone),
         )
-        orders, pager = found.data, _pager(request, found, starting_after, ending_before)
+        orders, links = found.data, _pager(request, found, starting_after, ending_before)
         buyers = await auth_service.users_by_id(session, (order.user_id for order in orders))
     context = {
         "section": "orders",
@@ -659,7 +648,7 @@ async def orders_page(
         "statuses": ORDER_STATUSES,
         "orders": orders,
         "buyers": buyers,
-        "pager": pager,
+        "pager": links,
     }
     return _page(request, "admin/orders.html", context, principal=principal, settings=settings)
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -26,6 +29,7 @@ from prepaid.auth import service as auth_service
 from prepaid.deps import Session, SettingsDep, credentials_from
 from prepaid.errors import DomainError
 from prepaid.notify.email import format_credits, format_money
+from prepaid.pagination import Page, PageParams
 from prepaid.settings import Settings
 
 templates = Jinja2Templates(
@@ -187,6 +191,35 @@ def parse_amount(raw: str, digits: int) -> int:
             raise ValueError(f"Enter at most {digits} decimal places." if digits else "Enter a whole number.")
         units = coefficient // 10**-shift
     return int(-units if sign else units)
+
+
+@dataclass(frozen=True)
+class Pager:
+    """The links to the newer and the older page of a newest-first list (None where there is none)."""
+
+    newer: str | None = None
+    older: str | None = None
+
+
+def page_params(starting_after: str | None, ending_before: str | None, limit: int) -> PageParams:
+    """A page after or before a cursor (both sent: the older page, as a pager's link never sends both)."""
+    if starting_after and ending_before:
+        ending_before = None
+    return PageParams(limit=limit, starting_after=starting_after or None, ending_before=ending_before or None)
+
+
+def pager(base: Mapping[str, str], page: Page[Any], params: PageParams, path: str = "") -> Pager:
+    """Links around ``page`` keeping the query ``base`` (the list's filters), by the API's cursors; relative to
+    the page itself unless ``path`` names it."""
+    if not page.data:
+        return Pager()
+    backwards = params.ending_before is not None
+    has_newer = page.has_more if backwards else params.starting_after is not None
+    has_older = True if backwards else page.has_more
+    return Pager(
+        newer=f"{path}?{urlencode({**base, 'ending_before': page.data[0].id})}" if has_newer else None,
+        older=f"{path}?{urlencode({**base, 'starting_after': page.data[-1].id})}" if has_older else None,
+    )
 
 
 def validation_errors(error: ValidationError) -> FieldErrors:
