@@ -419,7 +419,9 @@ async def test_the_card_number_is_never_stored_nor_logged(
                 {column.name: str(getattr(row, column.name)) for column in model.__table__.columns}
             )
     assert checkout.gateway_order_id in stored and "1111" in stored
-    assert "4111111111111111" not in stored and "987" not in stored.replace(checkout.gateway_order_id, "")
+    assert "4111111111111111" not in stored
+    # the CVC as a value of its own: timestamps and generated ids may hold the same three digits inside them
+    assert not re.search(r"(?<![0-9A-Za-z])987(?![0-9A-Za-z])", stored)
     output = capsys.readouterr()
     assert "4111111111111111" not in output.out + output.err
     assert "4111 1111 1111 1111" not in output.out + output.err
