@@ -15,6 +15,13 @@ The pool keeps up to ``pool_size`` connections open (``PREPAID_DB_POOL_SIZE``) a
 checkout only when it sat idle in the pool for ``PING_AFTER_IDLE`` seconds or more (a dead one is replaced
 before use, as ``pool_pre_ping`` would); one in steady use is not pinged, and none is kept past
 ``POOL_RECYCLE`` seconds.
+
+On PostgreSQL, the transactions of one process that are about to lock the same wallet row for a spend or a
+hold first queue on an asyncio lock of that wallet (``wallet_gate``), held until their ``COMMIT`` or
+``ROLLBACK``. The row lock still decides; the gate only keeps a hot wallet's queue in the process instead of
+in PostgreSQL, where every waiter of a row lock is woken and re-queued at each commit (at 32 clients on one
+wallet that cost PostgreSQL three times the CPU of the debit itself). A transaction takes one gate at most,
+and a wait longer than ``GATE_TIMEOUT`` goes on without it, so a gate can delay a transaction, never block it.
 """
 
 from __future__ import annotations
@@ -148,6 +155,74 @@ class _WriteTurn:
             self.lock.release()
 
 
+GATE_TIMEOUT = 2.0  # seconds a transaction waits for a wallet's gate before it goes on without it
+
+
+class _Gate:
+    """The queue of one process's transactions for one wallet, dropped when nobody uses it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+class _GatesHeld:
+    """The gate a PostgreSQL write transaction holds, if any, given back after COMMIT or ROLLBACK."""
+
+    __slots__ = ("gates", "held", "key", "tried")
+
+    def __init__(self, gates: dict[str, _Gate]) -> None:
+        self.gates = gates
+        self.key: str | None = None
+        self.held: _Gate | None = None
+        self.tried = False
+
+    async def take(self, key: str) -> None:
+        if self.tried:
+            return
+        self.tried = True
+        gate = self.gates.get(key)
+        if gate is None:
+            gate = self.gates[key] = _Gate()
+        gate.users += 1
+        try:
+            async with asyncio.timeout(GATE_TIMEOUT):
+                await gate.lock.acquire()  # a wait cut short by the timeout never leaves the lock taken
+        except TimeoutError:
+            self._leave(key, gate)
+            return
+        except BaseException:
+            self._leave(key, gate)
+            raise
+        self.key, self.held = key, gate
+
+    def give_back(self) -> None:
+        if self.held is not None and self.key is not None:
+            gate, key = self.held, self.key
+            self.held = self.key = None
+            gate.lock.release()
+            self._leave(key, gate)
+
+    def _leave(self, key: str, gate: _Gate) -> None:
+        gate.users -= 1
+        if not gate.users and self.gates.get(key) is gate:
+            del self.gates[key]
+
+
+_GATES_INFO = "prepaid_gates"
+
+
+async def wallet_gate(session: AsyncSession, wallet_id: str) -> None:
+    """Queues this transaction behind the process's others about to lock ``wallet_id`` (PostgreSQL write
+    transactions of ``Database.transaction`` only; elsewhere nothing happens). Call it just before the
+    statement that locks the wallet, when the transaction holds no other lock another spend could wait for."""
+    held: _GatesHeld | None = session.info.get(_GATES_INFO)
+    if held is not None:
+        await held.take(wallet_id)
+
+
 def _install_idle_ping(engine: AsyncEngine) -> None:
     """A pinged checkout only for a connection that sat idle ``PING_AFTER_IDLE`` seconds: one that answers no
     more (the server restarted, a proxy dropped it) is replaced before use. ``pool_pre_ping`` would ping on
@@ -203,6 +278,10 @@ class Database:
     _write_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = field(
         default_factory=weakref.WeakKeyDictionary, repr=False
     )
+    # PostgreSQL: this process's wallet gates (``wallet_gate``), per event loop.
+    _gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Gate]] = field(
+        default_factory=weakref.WeakKeyDictionary, repr=False
+    )
 
     @property
     def is_sqlite(self) -> bool:
@@ -221,9 +300,24 @@ class Database:
             finally:
                 turn.give_back()  # after COMMIT or ROLLBACK
             return
-        factory = self.write if write else self.read
-        async with factory() as session, session.begin():
-            yield session
+        if not write:
+            async with self.read() as session, session.begin():
+                yield session
+            return
+        held = _GatesHeld(self._wallet_gates())
+        try:
+            async with self.write() as session, session.begin():
+                session.info[_GATES_INFO] = held
+                yield session
+        finally:
+            held.give_back()  # after COMMIT or ROLLBACK
+
+    def _wallet_gates(self) -> dict[str, _Gate]:
+        loop = asyncio.get_running_loop()
+        gates = self._gates.get(loop)
+        if gates is None:
+            gates = self._gates[loop] = {}
+        return gates
 
     def _write_lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()

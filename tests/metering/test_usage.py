@@ -358,3 +358,35 @@ async def test_concurrent_events_and_batches_on_one_wallet_are_all_charged_exact
     assert all(r.json()["charged"] == 10 for r in responses[30:])
     assert await available(db, w) == 1000 - 2 * (30 + 100)
     assert await counts(db) == (130, 40)
+
+
+async def test_a_stored_event_answers_as_a_duplicate_even_where_it_would_now_be_refused(
+    client: httpx.AsyncClient, db: Database, world: dict[str, Any]
+) -> None:
+    await grant(client, world["admin"], world["wallet"], 4)
+    headers = world["key"].headers
+    w = world["wallet"]
+    image = {"id": uid(), "wallet": w, "meter": "image", "quantity": 1}  # 2 credits
+    broke = {"id": uid(), "wallet": w, "meter": "image", "quantity": 1}
+    for event in (image, broke):
+        assert (await client.post("/v1/usage", json=event, headers=headers)).status_code == 201
+    assert await available(db, w) == 0
+    archived = await client.patch("/v1/meters/image", json={"active": False}, headers=world["admin"].headers)
+    assert archived.status_code == 200, archived.text
+
+    # The meter is inactive and the wallet empty now: a stored id still answers its stored event, and a new
+    # event beside them is refused for the meter.
+    new = {"id": uid(), "wallet": w, "meter": "image", "quantity": 1}
+    response = await client.post("/v1/usage/batch", json={"events": [image, new, broke]}, headers=headers)
+
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert [(item["status"], (item["error"] or {}).get("code")) for item in data] == [
+        ("duplicate", None),
+        ("refused", "meter_inactive"),
+        ("duplicate", None),
+    ]
+    assert [data[0]["usage"]["balance_after"], data[2]["usage"]["balance_after"]] == [2, 0]
+    single = await client.post("/v1/usage", json=image, headers=headers)
+    assert single.status_code == 200 and single.json()["replayed"] is True, single.text
+    assert await counts(db) == (2, 2)

@@ -52,7 +52,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from prepaid.audit import service as audit_service
-from prepaid.db import Base, UTCDateTime, utcnow
+from prepaid.db import Base, UTCDateTime, utcnow, wallet_gate
 from prepaid.errors import DomainError, IdempotencyError, InvalidRequest, NotFound, PermissionDenied
 from prepaid.ids import new_id
 from prepaid.ledger.errors import (
@@ -1280,6 +1280,8 @@ async def _take_out(
         if used is not None:
             return await _replay_found(session, used, digest=digest, wallet=wallet)
     else:
+        if operation != "clawback":  # a clawback runs in a refund's or dispute's transaction, locks held
+            await wallet_gate(session, wallet_id)
         wallet = await _lock_wallet(conn, wallet_id, owner_id)
     if operation != "clawback" and wallet.frozen:
         error: DomainError = WalletFrozen(f"Wallet {wallet.id} is frozen.", param="wallet_id")

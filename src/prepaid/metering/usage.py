@@ -36,6 +36,7 @@ from datetime import date, datetime
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
+from pydantic_core import to_json
 from sqlalchemy import String, Table, bindparam, delete, func, select, text, update
 from sqlalchemy import cast as cast_
 from sqlalchemy.dialects.postgresql import JSONB
@@ -432,6 +433,14 @@ def _found_answer(
     return None
 
 
+def _answer_stored(outcome: Outcome, found: UsageEvent, digest: str, owner_id: str | None) -> None:
+    refusal = _found_answer(found, outcome.event, digest, owner_id)
+    if refusal is not None:
+        outcome.error = refusal
+    else:
+        outcome.usage, outcome.replayed = found, True
+
+
 @dataclass
 class _Claims:
     """What the claim rows of a request share, and what they are written with.
@@ -477,7 +486,8 @@ def _dialect(session: AsyncSession) -> str:
 
 
 # PostgreSQL: the claim rows as one JSON array of arrays, bound as one parameter and taken apart by the server
-# (one ``json.dumps`` in C; per-column arrays cost the driver an ``isinstance`` check per element).
+# (one ``pydantic_core.to_json``, twice as fast as ``json.dumps`` here; per-column arrays cost the driver an
+# ``isinstance`` check per element).
 _PG_CLAIM = text(
     "INSERT INTO metering_usage (id, event_id, request_hash, user_id, wallet_id, meter_code, quantity, "
     "input_tokens, output_tokens, cached_input_tokens, cost, asset, balance_after, transaction_id, batch_id, "
@@ -525,7 +535,7 @@ async def _claim(session: AsyncSession, pending: Sequence[_Pending], claims: _Cl
         result = await session.execute(
             _PG_CLAIM,
             {
-                "rows": json.dumps(values),
+                "rows": to_json(values).decode(),
                 "asset": CREDIT,
                 "batch_id": claims.batch_id,
                 "api_key_id": claims.api_key_id,
@@ -722,7 +732,6 @@ async def record_usage(
     another user's wallet or customer is not found. Nothing refused is stored or charged."""
     outcomes = [Outcome(event=event) for event in events]
     digests = _request_hashes(events)
-    stored = await _stored(session, [event.id for event in events])
     cache = _Refusals()
     pending: list[_Pending] = []
     first_of: dict[str, int] = {}
@@ -735,15 +744,8 @@ async def record_usage(
         probe = UsageCreate.model_construct(id="", meter="", customer=customer, wallet=None)
         with contextlib.suppress(DomainError):  # kept in the cache, answered per event below
             await _resolve_wallet(session, probe, owner_id=owner_id, provisioning=provisioning, cache=cache)
+    refused_first: list[int] = []  # refused before the claim: answered as stored instead if their id is
     for index, event in enumerate(events):
-        found = stored.get(event.id)
-        if found is not None:
-            answer = _found_answer(found, event, digests[index], owner_id)
-            if answer is not None:
-                outcomes[index].error = answer
-            else:
-                outcomes[index].usage, outcomes[index].replayed = found, True
-            continue
         if event.id in first_of:  # the same id earlier in this batch: answered once it is settled
             continue
         first_of[event.id] = index
@@ -783,32 +785,36 @@ async def record_usage(
                 cost = costs[counts] = _cost(meter, event)
         except DomainError as error:
             outcomes[index].error = error
+            refused_first.append(index)
             continue
         assert user_id is not None
         pending.append(_Pending(index, event, digests[index], user_id, wallet, wallet_id, meter_code, cost))
     claims = _claims(pending, batch_id=batch_id, api_key_id=api_key_id)
     claimed = await _claim(session, pending, claims)
-    if len(claimed) < len(pending):  # claimed meanwhile by a request that has finished: answer its event
-        raced = await _stored(session, [item.event.id for item in pending if item.event.id not in claimed])
-        for item in pending:
-            if item.event.id in claimed:
-                continue
-            found = raced.get(item.event.id)
+    # An id already stored (sent before, or by a request that finished meanwhile) is not claimed; it answers
+    # the stored event, as does a refused event whose id is stored. Looked up only when there are any: a
+    # lookup of every id first cost PostgreSQL as much again as the claim's own index probes.
+    taken = [item for item in pending if item.event.id not in claimed]
+    if taken or refused_first:
+        stored = await _stored(
+            session, [item.event.id for item in taken] + [events[index].id for index in refused_first]
+        )
+        for item in taken:
+            found = stored.get(item.event.id)
             if found is None:  # pragma: no cover - the claim failed, so a row exists
                 outcomes[item.index].error = Conflict(
                     "This usage id is being recorded by another request.", code="usage_id_in_use", param="id"
                 )
                 continue
-            answer = _found_answer(found, item.event, item.digest, owner_id)
-            if answer is not None:
-                outcomes[item.index].error = answer
-            else:
-                outcomes[item.index].usage, outcomes[item.index].replayed = found, True
-        # Their rows' suffixes counted events that are not theirs: those wallets' rows are rewritten below.
-        uneven = {item.wallet_id for item in pending if item.event.id not in claimed}
+            _answer_stored(outcomes[item.index], found, item.digest, owner_id)
+        for index in refused_first:
+            if (found := stored.get(events[index].id)) is not None:
+                outcomes[index].error = None
+                _answer_stored(outcomes[index], found, digests[index], owner_id)
+    # The rows of a wallet with a taken id counted its cost in their suffixes: they are rewritten below.
+    uneven = {item.wallet_id for item in taken}
+    if taken:
         pending = [item for item in pending if item.event.id in claimed]
-    else:
-        uneven = set()
     by_wallet: dict[str, list[_Pending]] = defaultdict(list)
     for item in pending:
         by_wallet[item.wallet_id].append(item)

@@ -1,0 +1,88 @@
+"""The wallet gate (``db.wallet_gate``): on PostgreSQL, one process's spends on the same wallet queue in the
+process, not on the wallet's row lock in PostgreSQL; the row lock still decides, and a gate never blocks a
+transaction for longer than ``GATE_TIMEOUT``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+import pytest
+from sqlalchemy import text
+
+from prepaid import db as db_module
+from prepaid.ledger import service
+from prepaid.ledger.errors import InsufficientCredits
+from tests.ledger.conftest import Ledger, new_key
+
+_WAITING_ON_LOCKS = text(
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+)
+
+
+async def _backends_waiting_on_locks(ledger: Ledger) -> int:
+    async with ledger.db.transaction(write=False) as session:
+        return int(await session.scalar(_WAITING_ON_LOCKS) or 0)
+
+
+async def _spend_and_wait(ledger: Ledger, wallet: str, inside: asyncio.Event, finish: asyncio.Event) -> None:
+    """A spend whose transaction stays open (the wallet's row lock and gate held) until ``finish``."""
+    async with ledger.db.transaction() as session:
+        await service.spend(session, wallet_id=wallet, amount=1, idempotency_key=new_key(), memo="")
+        inside.set()
+        await finish.wait()
+
+
+async def _still_waiting(task: Awaitable[object]) -> bool:
+    await asyncio.sleep(0.3)
+    return not asyncio.ensure_future(task).done()
+
+
+async def test_spends_on_one_wallet_wait_in_the_process_and_each_gets_its_turn(ledger: Ledger) -> None:
+    if ledger.engine != "postgresql":
+        pytest.skip("SQLite queues every write transaction of a process already")
+    wallet = await ledger.wallet()
+    other = await ledger.wallet()
+    await ledger.grant(wallet, 4)
+    await ledger.grant(other, 1)
+    inside, finish = asyncio.Event(), asyncio.Event()
+    first = asyncio.create_task(_spend_and_wait(ledger, wallet, inside, finish))
+    await inside.wait()
+
+    queued = [asyncio.create_task(ledger.spend(wallet, 1)) for _ in range(3)]
+    elsewhere = await ledger.spend(other, 1)  # another wallet's gate is free
+
+    assert elsewhere.balances[other].balance == 0
+    assert await _still_waiting(queued[0])
+    assert await _backends_waiting_on_locks(ledger) == 0  # without the gate, three wait on the row lock
+    finish.set()
+    await first
+    await asyncio.gather(*queued)
+    with pytest.raises(InsufficientCredits):  # a refused spend rolls back and gives its gate back too
+        await ledger.spend(wallet, 1)
+    assert (await ledger.balance(wallet)).balance == 0
+    assert ledger.db._wallet_gates() == {}
+
+
+async def test_a_gate_held_too_long_is_passed_and_the_row_lock_decides(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if ledger.engine != "postgresql":
+        pytest.skip("SQLite queues every write transaction of a process already")
+    monkeypatch.setattr(db_module, "GATE_TIMEOUT", 0.05)
+    wallet = await ledger.wallet()
+    await ledger.grant(wallet, 2)
+    inside, finish = asyncio.Event(), asyncio.Event()
+    first = asyncio.create_task(_spend_and_wait(ledger, wallet, inside, finish))
+    await inside.wait()
+
+    second = asyncio.create_task(ledger.spend(wallet, 2))
+
+    assert await _still_waiting(second)
+    assert await _backends_waiting_on_locks(ledger) == 1  # past the gate, on the row lock
+    finish.set()
+    await first
+    with pytest.raises(InsufficientCredits):  # it saw the first spend's balance once the row lock was free
+        await second
+    assert (await ledger.balance(wallet)).balance == 1
+    assert ledger.db._wallet_gates() == {}
