@@ -8,6 +8,8 @@ releases' request hash is still recognised."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +19,7 @@ import pytest
 from sqlalchemy import select, update
 
 from prepaid import ids
+from prepaid.catalog import service as catalog_service
 from prepaid.db import Database
 from prepaid.ledger.models import Posting
 from prepaid.metering import usage as usage_service
@@ -165,6 +168,42 @@ def test_usage_row_ids_made_in_bulk_are_ids_as_new_id_makes_them_in_order() -> N
     assert all(ids.has_prefix(value, "usg") and set(value[4:]) <= set(ids._ALPHABET) for value in made)
     millis, random = ids._last
     assert made[-1] == f"usg_{ids._encode(millis, 10)}{ids._encode(random, 16)}"
+    bulk = ids.new_ids("usg", 5)
+    millis, random = ids._last
+    assert bulk[-1] == f"usg_{ids._encode(millis, 10)}{ids._encode(random, 16)}"
     assert ids.new_ids("usg", 0) == []
     with pytest.raises(ValueError):
         ids.new_ids("nope", 1)
+
+
+def test_request_hashes_are_the_repr_of_the_canonical_tuple() -> None:
+    """The hashes stored with every event are SHA-256 of ``repr`` of the canonical tuple; the text written
+    directly must stay that, whatever the fields hold."""
+    when = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    shapes: list[dict[str, Any]] = [
+        {"customer": "c-1", "meter": "Image", "quantity": 3},
+        {"wallet": "wal_x", "meter": "gpt", "input_tokens": 10, "output_tokens": 0, "cached_input_tokens": 2},
+        {"customer": "None", "meter": "m", "quantity": 0, "timestamp": when},
+        {"customer": 'it\'s \\ "quoted" é', "meter": "m", "metadata": {"b": [1, 2.5], "a": {"ü": None}}},
+        {"customer": "c-1", "wallet": "wal_x", "meter": "m", "metadata": {}},
+    ]
+    events = [UsageCreate.model_validate({"id": f"e-{n}", **shape}) for n, shape in enumerate(shapes)]
+    events += [events[0].model_copy(update={"quantity": 4}), events[0]]  # a head written once, used again
+
+    written = usage_service._request_hashes(events)
+
+    for event, digest in zip(events, written, strict=True):
+        metadata = event.metadata
+        canonical = (
+            event.customer,
+            event.wallet,
+            catalog_service.normalize_code(event.meter),
+            event.quantity,
+            event.input_tokens,
+            event.output_tokens,
+            event.cached_input_tokens,
+            event.timestamp.isoformat() if event.timestamp else None,
+            json.dumps(metadata, sort_keys=True, default=str) if metadata else metadata,
+        )
+        assert digest == "~" + hashlib.sha256(repr(canonical).encode()).hexdigest()[:63]
+    assert written[0] != written[5] and written[0] == written[6]

@@ -240,29 +240,26 @@ _HASH_MARK = "~"  # never in a legacy (hex) hash; with 63 hex digits it fills th
 
 
 def _request_hashes(events: Sequence[UsageCreate]) -> list[str]:
-    """What identifies each event's request, to compare a repeat of its id with: the canonical fields joined
-    (``repr`` keeps ``None`` apart from ``"None"`` and an integer apart from a string), the meter as stored,
-    the metadata as sorted JSON only when there is some; SHA-256, marked ``~``."""
-    meters: dict[str, str] = {}
+    """What identifies each event's request, to compare a repeat of its id with: the ``repr`` of the tuple of
+    its canonical fields (``repr`` keeps ``None`` apart from ``"None"`` and an integer apart from a string):
+    customer, wallet, the meter as stored, the counts, the time, the metadata as sorted JSON only when there is
+    some; SHA-256, marked ``~``. The tuple's text is written directly, its first three fields once per batch
+    (``test_request_hashes_are_the_repr_of_the_canonical_tuple`` holds it equal to ``repr``)."""
+    heads: dict[tuple[str | None, str | None, str], str] = {}
     digests: list[str] = []
     sha256 = hashlib.sha256
     for event in events:
-        meter = meters.get(event.meter)
-        if meter is None:
-            meter = meters[event.meter] = catalog_service.normalize_code(event.meter)
+        target = (event.customer, event.wallet, event.meter)
+        head = heads.get(target)
+        if head is None:
+            meter = catalog_service.normalize_code(event.meter)
+            head = heads[target] = f"({event.customer!r}, {event.wallet!r}, {meter!r}, "
         metadata = event.metadata
-        canonical = repr(
-            (
-                event.customer,
-                event.wallet,
-                meter,
-                event.quantity,
-                event.input_tokens,
-                event.output_tokens,
-                event.cached_input_tokens,
-                event.timestamp.isoformat() if event.timestamp else None,
-                json.dumps(metadata, sort_keys=True, default=str) if metadata else metadata,
-            )
+        timestamp = event.timestamp
+        canonical = (
+            f"{head}{event.quantity!r}, {event.input_tokens!r}, {event.output_tokens!r}, "
+            f"{event.cached_input_tokens!r}, {timestamp.isoformat() if timestamp else None!r}, "
+            f"{json.dumps(metadata, sort_keys=True, default=str) if metadata else metadata!r})"
         )
         digests.append(_HASH_MARK + sha256(canonical.encode()).hexdigest()[:63])
     return digests

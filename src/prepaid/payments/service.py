@@ -122,6 +122,14 @@ async def get_order(session: AsyncSession, order_id: str) -> PaymentOrder:
     return order
 
 
+async def order_of_attempt(session: AsyncSession, attempt_id: str) -> PaymentOrder:
+    """The order a payment attempt belongs to (a gateway's return page knows the attempt, not the order)."""
+    attempt = await session.get(PaymentAttempt, attempt_id)
+    if attempt is None:
+        raise NotFound(f"No payment attempt {attempt_id}.", param="attempt_id")
+    return await get_order(session, attempt.order_id)
+
+
 async def _lock_order(session: AsyncSession, order_id: str) -> PaymentOrder:
     """Every change to an order starts here, with its row locked and read afresh."""
     row = await lock_row(session, PaymentOrder, order_id)

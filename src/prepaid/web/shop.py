@@ -30,7 +30,7 @@ from prepaid.notify.email import format_credits
 from prepaid.pagination import PageParams
 from prepaid.payments import checkout_pages
 from prepaid.payments import service as payments_service
-from prepaid.payments.models import PaymentAttempt, PaymentOrder
+from prepaid.payments.models import PaymentOrder
 from prepaid.settings import Settings
 from prepaid.web.render import PageUser, message, render, signed_in
 
@@ -231,9 +231,11 @@ async def attempt_pay(
     request: Request, attempt_id: OrderPath, principal: PageUser, session: Session, settings: SettingsDep
 ) -> Response:
     """``Try again`` on a gateway's return page, which knows the payment attempt and names no order."""
-    attempt = await session.get(PaymentAttempt, attempt_id)
-    order = await _own_order(session, principal, attempt.order_id) if attempt is not None else None
-    if order is None:
+    try:
+        order: PaymentOrder | None = await payments_service.order_of_attempt(session, attempt_id)
+    except NotFound:
+        order = None
+    if order is None or order.user_id != principal.user.id:
         return _no_order(request, settings, principal)
     return _pay(settings, order)
 
