@@ -171,18 +171,18 @@ class _Gate:
 class _GatesHeld:
     """The gate a PostgreSQL write transaction holds, if any, given back after COMMIT or ROLLBACK."""
 
-    __slots__ = ("gates", "held", "key", "tried")
+    __slots__ = ("closed", "gates", "held", "key")
 
     def __init__(self, gates: dict[str, _Gate]) -> None:
         self.gates = gates
         self.key: str | None = None
         self.held: _Gate | None = None
-        self.tried = False
+        self.closed = False  # a gate taken or tried, or a wallet locked without one: no wait for a gate now
 
     async def take(self, key: str) -> None:
-        if self.tried:
+        if self.closed:
             return
-        self.tried = True
+        self.closed = True
         gate = self.gates.get(key)
         if gate is None:
             gate = self.gates[key] = _Gate()
@@ -217,10 +217,19 @@ _GATES_INFO = "prepaid_gates"
 async def wallet_gate(session: AsyncSession, wallet_id: str) -> None:
     """Queues this transaction behind the process's others about to lock ``wallet_id`` (PostgreSQL write
     transactions of ``Database.transaction`` only; elsewhere nothing happens). Call it just before the
-    statement that locks the wallet, when the transaction holds no other lock another spend could wait for."""
+    statement that locks the wallet, when the transaction holds no other lock another spend could wait for.
+    Only a transaction's first wallet lock can wait for a gate (see ``wallet_locked``)."""
     held: _GatesHeld | None = session.info.get(_GATES_INFO)
     if held is not None:
         await held.take(wallet_id)
+
+
+def wallet_locked(session: AsyncSession) -> None:
+    """Call before locking a wallet without its gate: the transaction waits for no gate after that, since a
+    gate's holder may be waiting for the very row lock it holds."""
+    held: _GatesHeld | None = session.info.get(_GATES_INFO)
+    if held is not None:
+        held.closed = True
 
 
 def _install_idle_ping(engine: AsyncEngine) -> None:

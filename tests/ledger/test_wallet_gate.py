@@ -86,3 +86,36 @@ async def test_a_gate_held_too_long_is_passed_and_the_row_lock_decides(
         await second
     assert (await ledger.balance(wallet)).balance == 1
     assert ledger.db._wallet_gates() == {}
+
+
+async def test_a_transaction_that_holds_a_wallets_lock_never_waits_for_its_gate(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grant locks the wallet without its gate; a spend in the same transaction then must not queue behind a
+    spend that holds the gate and waits for that very row lock (it would until ``GATE_TIMEOUT``)."""
+    if ledger.engine != "postgresql":
+        pytest.skip("SQLite queues every write transaction of a process already")
+    monkeypatch.setattr(db_module, "GATE_TIMEOUT", 60.0)
+    wallet = await ledger.wallet()
+    await ledger.grant(wallet, 5)
+    locked, finish = asyncio.Event(), asyncio.Event()
+
+    async def grant_then_spend() -> None:
+        async with ledger.db.transaction() as session:
+            await service.grant(session, wallet_id=wallet, amount=1, idempotency_key=new_key())
+            locked.set()
+            await finish.wait()
+            await service.spend(session, wallet_id=wallet, amount=1, idempotency_key=new_key(), memo="")
+
+    first = asyncio.create_task(grant_then_spend())
+    await locked.wait()
+    second = asyncio.create_task(ledger.spend(wallet, 1))  # takes the gate, then waits for the row lock
+    async with asyncio.timeout(20):
+        while await _backends_waiting_on_locks(ledger) != 1:
+            await asyncio.sleep(0.05)
+    finish.set()
+
+    async with asyncio.timeout(20):  # without the rule, the first would wait 60 s for the second's gate
+        await asyncio.gather(first, second)
+    assert (await ledger.balance(wallet)).balance == 4
+    assert ledger.db._wallet_gates() == {}

@@ -52,7 +52,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from prepaid.audit import service as audit_service
-from prepaid.db import Base, UTCDateTime, utcnow, wallet_gate
+from prepaid.db import Base, UTCDateTime, utcnow, wallet_gate, wallet_locked
 from prepaid.errors import DomainError, IdempotencyError, InvalidRequest, NotFound, PermissionDenied
 from prepaid.ids import new_id
 from prepaid.ledger.errors import (
@@ -410,6 +410,7 @@ async def postings_by_transaction(
 
 async def _lock_wallets(session: AsyncSession, wallet_ids: Iterable[str]) -> dict[str, Account]:
     ids = sorted(set(wallet_ids))
+    wallet_locked(session)
     rows = await session.scalars(
         select(Account)
         .where(Account.id.in_(ids), Account.kind == "wallet")
@@ -1729,6 +1730,7 @@ async def _resolve(
             raise NotFound(f"No hold {hold_id}.", param="hold_id")
         wallet_id = found.wallet_id
     digest = request_hash(status, hold=hold_id, amount=capture_amount, counterparty=counterparty)
+    wallet_locked(session)
     wallet = await _lock_wallet(conn, wallet_id)
     key = {"idempotency_key": idempotency_key, "digest": digest}
     if not _late_key_check(conn) and (replay := await _replay_of(session, conn, wallet=wallet, **key)):
@@ -1973,6 +1975,7 @@ async def _lock_wallet_if_free(session: AsyncSession, wallet_id: str) -> bool:
     """Jobs take a wallet only when no one else holds it; a busy wallet is left for the next run (or is
     swept inline by the movement that holds it). Jobs lock nothing before the wallet, so they never deadlock
     with a movement."""
+    wallet_locked(session)
     locked = await session.scalar(
         select(Account.id).where(Account.id == wallet_id).with_for_update(skip_locked=True)
     )

@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from prepaid.catalog import service as catalog_service
-from prepaid.db import Database, utcnow
+from prepaid.db import Database, utcnow, wallet_locked
 from prepaid.errors import Conflict, InsufficientFunds, InvalidRequest
 from prepaid.ids import new_id
 from prepaid.ledger import service as ledger_service
@@ -209,6 +209,7 @@ async def start_session(
     # The wallet is locked before the session row is written: on PostgreSQL that row's foreign key takes
     # FOR KEY SHARE on the wallet, and two starts that each held it while waiting for the ledger's FOR UPDATE
     # would deadlock. Holding FOR UPDATE first, the key check is the lock holder's own (see docs/decisions.md).
+    wallet_locked(session)
     locked = await session.scalar(
         select(Account)
         .where(Account.id == wallet.id)
