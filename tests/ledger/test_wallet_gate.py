@@ -20,6 +20,12 @@ _WAITING_ON_LOCKS = text(
 )
 
 
+@pytest.fixture(autouse=True)
+def _postgresql_only(ledger: Ledger) -> None:
+    if ledger.engine != "postgresql":
+        pytest.skip("SQLite queues every write transaction of a process already")
+
+
 async def _backends_waiting_on_locks(ledger: Ledger) -> int:
     async with ledger.db.transaction(write=False) as session:
         return int(await session.scalar(_WAITING_ON_LOCKS) or 0)
@@ -39,8 +45,6 @@ async def _still_waiting(task: Awaitable[object]) -> bool:
 
 
 async def test_spends_on_one_wallet_wait_in_the_process_and_each_gets_its_turn(ledger: Ledger) -> None:
-    if ledger.engine != "postgresql":
-        pytest.skip("SQLite queues every write transaction of a process already")
     wallet = await ledger.wallet()
     other = await ledger.wallet()
     await ledger.grant(wallet, 4)
@@ -67,8 +71,6 @@ async def test_spends_on_one_wallet_wait_in_the_process_and_each_gets_its_turn(l
 async def test_a_gate_held_too_long_is_passed_and_the_row_lock_decides(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if ledger.engine != "postgresql":
-        pytest.skip("SQLite queues every write transaction of a process already")
     monkeypatch.setattr(db_module, "GATE_TIMEOUT", 0.05)
     wallet = await ledger.wallet()
     await ledger.grant(wallet, 2)
@@ -93,8 +95,6 @@ async def test_a_transaction_that_holds_a_wallets_lock_never_waits_for_its_gate(
 ) -> None:
     """A grant locks the wallet without its gate; a spend in the same transaction then must not queue behind a
     spend that holds the gate and waits for that very row lock (it would until ``GATE_TIMEOUT``)."""
-    if ledger.engine != "postgresql":
-        pytest.skip("SQLite queues every write transaction of a process already")
     monkeypatch.setattr(db_module, "GATE_TIMEOUT", 60.0)
     wallet = await ledger.wallet()
     await ledger.grant(wallet, 5)
