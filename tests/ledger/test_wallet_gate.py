@@ -119,3 +119,60 @@ async def test_a_transaction_that_holds_a_wallets_lock_never_waits_for_its_gate(
         await asyncio.gather(first, second)
     assert (await ledger.balance(wallet)).balance == 4
     assert ledger.db._wallet_gates() == {}
+
+
+async def _hold_open(
+    ledger: Ledger, movement: str, wallet: str, amount: int, inside: asyncio.Event, finish: asyncio.Event
+) -> None:
+    """A grant or a spend whose transaction keeps the wallet's row lock until ``finish``."""
+    async with ledger.db.transaction() as session:
+        make = service.grant if movement == "grant" else service.spend
+        await make(session, wallet_id=wallet, amount=amount, idempotency_key=new_key())
+        inside.set()
+        await finish.wait()
+
+
+async def _after_the_lock_is_granted(
+    ledger: Ledger, movement: str, wallet: str, amount: int
+) -> service.Movement:
+    """Runs a spend of 2 or 6 that waits on the wallet's row lock while ``movement`` commits, and returns it."""
+    inside, finish = asyncio.Event(), asyncio.Event()
+    first = asyncio.create_task(_hold_open(ledger, movement, wallet, amount, inside, finish))
+    await inside.wait()
+    second = asyncio.create_task(ledger.spend(wallet, 6 if movement == "grant" else 2))
+    async with asyncio.timeout(20):
+        while await _backends_waiting_on_locks(ledger) != 1:
+            await asyncio.sleep(0.05)
+    finish.set()
+    await first
+    return await second
+
+
+async def test_a_spend_that_waited_for_the_lock_spends_a_lot_granted_meanwhile(ledger: Ledger) -> None:
+    """The lots are read after the row lock is granted: a lot that a grant committed while the spend waited
+    is there to spend (read before, or in the locking statement's snapshot, it would be missing and the
+    spend would run the wallet into debt beside an unspent lot)."""
+    wallet = await ledger.wallet()
+    await ledger.grant(wallet, 2)
+
+    spent = await _after_the_lock_is_granted(ledger, "grant", wallet, 5)
+
+    assert spent.balances[wallet].balance == 1
+    account = await ledger.account(wallet)
+    assert (account.balance, account.debt) == (1, 0)
+    assert [lot.remaining for lot in await ledger.lots(wallet)] == [0, 1]
+    assert await ledger.breaches() == []
+
+
+async def test_a_spend_that_waited_for_the_lock_skips_a_lot_emptied_meanwhile(ledger: Ledger) -> None:
+    """A lot that a spend emptied while this one waited is not taken from again (with the lots of before the
+    wait it would be, and its remaining would go below zero)."""
+    wallet = await ledger.wallet()
+    await ledger.grant(wallet, 3)
+    await ledger.grant(wallet, 3)
+
+    spent = await _after_the_lock_is_granted(ledger, "spend", wallet, 3)
+
+    assert spent.balances[wallet].balance == 1
+    assert [lot.remaining for lot in await ledger.lots(wallet)] == [0, 1]
+    assert await ledger.breaches() == []

@@ -704,6 +704,14 @@ _WALLET_KEY_AND_LOTS = (
 # The same, for a caller who may act only on one user's wallets: anyone else's wallet is not found.
 _LOCK_OWN_WALLET = _LOCK_WALLET.where(_ACCOUNT.c.user_id == bindparam("owner_id"))
 _OWN_WALLET_KEY_AND_LOTS = _WALLET_KEY_AND_LOTS.where(_ACCOUNT.c.user_id == bindparam("owner_id"))
+# PostgreSQL: the wallet locked, then its figures and live lots read after the lock, in one round trip
+# (migration 0016's function; one row per lot, or one row with no lot; no row: not found).
+_PG_LOCK_WALLET_AND_LOTS = text("SELECT * FROM ledger_lock_wallet(:wallet_id, :owner_id)").columns(
+    *_LOCK_WALLET.selected_columns,
+    _LOT.c.id.label("lot_id"),
+    _LOT.c.remaining,
+    _LOT.c.expires_at,
+)
 _HOLD_STATE = select(_HOLD.c.wallet_id, _HOLD.c.amount, _HOLD.c.status).where(
     _HOLD.c.id == bindparam("hold_id")
 )
@@ -825,6 +833,20 @@ async def _read_wallet_key_and_lots(
     used = (first.used_id, first.used_hash) if first.used_id is not None else None
     lots = [_LotLeft(row.lot_id, row.remaining, row.expires_at) for row in rows if row.lot_id is not None]
     return wallet, used, lots
+
+
+async def _lock_wallet_and_lots(
+    conn: AsyncConnection, wallet_id: str, owner_id: str | None
+) -> tuple[_Locked, list[_LotLeft]]:
+    """PostgreSQL: locks the wallet and reads its figures and live lots in spending order, in one round trip
+    (``ledger_lock_wallet``: the lots are read by a statement that starts after the lock is granted). With
+    ``owner_id``, only a wallet of that user (else 404)."""
+    params = {"wallet_id": wallet_id, "owner_id": owner_id}
+    rows = (await conn.execute(_PG_LOCK_WALLET_AND_LOTS, params)).all()
+    if not rows:
+        raise NotFound(f"No wallet {wallet_id}.", param="wallet_id")
+    lots = [_LotLeft(row.lot_id, row.remaining, row.expires_at) for row in rows if row.lot_id is not None]
+    return _Locked(*rows[0][:10]), lots
 
 
 async def _read_lots(conn: AsyncConnection, wallet_id: str) -> list[_LotLeft]:
@@ -1273,7 +1295,7 @@ async def _take_out(
     conn = await _connection(session)
     key = {"idempotency_key": idempotency_key, "digest": digest}
     key_checked = not _late_key_check(conn)
-    lots: list[_LotLeft] | None = None
+    lots: list[_LotLeft]
     if key_checked:
         # SQLite: the write lock is held since BEGIN IMMEDIATE, so the wallet, its key and its lots are read
         # in one query.
@@ -1283,13 +1305,11 @@ async def _take_out(
     else:
         if operation != "clawback":  # a clawback runs in a refund's or dispute's transaction, locks held
             await wallet_gate(session, wallet_id)
-        wallet = await _lock_wallet(conn, wallet_id, owner_id)
+        wallet, lots = await _lock_wallet_and_lots(conn, wallet_id, owner_id)
     if operation != "clawback" and wallet.frozen:
         error: DomainError = WalletFrozen(f"Wallet {wallet.id} is frozen.", param="wallet_id")
         return await _replay_or_refuse(session, conn, error, wallet=wallet, **key)
     now = utcnow()
-    if lots is None:
-        lots = await _read_lots(conn, wallet.id)
     if _any_expired(lots, now):
         if not key_checked and (replay := await _replay_of(session, conn, wallet=wallet, **key)):
             return replay  # a replay sweeps nothing, wherever the key is looked up
