@@ -157,11 +157,18 @@ def serve_floor(
     pool: int,
     prefix: str,
     wait: bool = True,
+    factory: str = "create_app",
 ) -> Iterator[Server]:
-    """The HTTP floor (``bench/_floor_app.py``) under uvicorn with ``workers`` processes."""
+    """An HTTP floor of ``bench/_floor_app.py`` (``factory``: ``create_app``, or ``create_prepaid_app`` with
+    prepaid's settings as ``serve`` gives them) under uvicorn with ``workers`` processes."""
     port = free_port()
+    base = (
+        server_env(database_url, port, PREPAID_DB_POOL_SIZE=str(pool))
+        if factory == "create_prepaid_app"
+        else dict(os.environ)
+    )
     env = {
-        **os.environ,
+        **base,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
         "BENCH_FLOOR_DATABASE_URL": database_url,
         "BENCH_FLOOR_LOTS": str(lots),
@@ -169,7 +176,7 @@ def serve_floor(
         "BENCH_FLOOR_PREFIX": prefix,
     }
     command = [
-        sys.executable, "-m", "uvicorn", "bench._floor_app:create_app", "--factory",
+        sys.executable, "-m", "uvicorn", f"bench._floor_app:{factory}", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--log-level", "warning",
     ]  # fmt: skip
     with _run(command, env=env, port=port, folder=folder, cwd=root, wait=wait) as server:

@@ -11,11 +11,14 @@ several concurrencies, along three paths on the same database in the same run:
 
 Each row shows its throughput as a fraction of the raw SQL row with the same wallets and clients. With
 ``--paths ...,floor`` a fourth row, ``HTTP+raw``, drives a bare FastAPI route doing the raw SQL debit under
-uvicorn with the same workers (``bench/_floor_app.py``): roughly the ceiling of a Python HTTP server here.
+uvicorn with the same workers (``bench/_floor_app.py``): roughly the ceiling of a Python HTTP server here. With
+``--paths ...,plumbing`` (PostgreSQL) a row ``app+raw`` drives prepaid's own app (its middleware, the API key's
+authentication, the request's SQLAlchemy transaction) whose debit route runs that raw SQL instead of the
+ledger: the ceiling of any debit built on the design's stack.
 A second table gives the CPU milliseconds each spend cost the app, the HTTP load process and PostgreSQL.
 
     python bench/ledger.py [--database-url URL] [--seconds 10 | --spends N] [--concurrency 1,8,32]
-                           [--wallets 10000] [--paths http,floor,service,raw]
+                           [--wallets 10000] [--paths http,plumbing,floor,service,raw]
 
 Without ``--database-url`` it runs on a temporary SQLite file. A PostgreSQL URL should name an empty
 database the benchmark may migrate and fill (``createdb prepaid_bench``); wallets are seeded with bulk
@@ -37,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,8 +64,15 @@ from prepaid.money import CREDIT
 
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = ("http", "service", "raw")  # the issue's three paths, run by default
-ALL_PATHS = ("http", "floor", "service", "raw")  # in table order; "floor" is bench/_floor_app.py
-PATH_LABELS = {"http": "HTTP", "floor": "HTTP+raw", "service": "service", "raw": "raw SQL"}
+ALL_PATHS = ("http", "plumbing", "floor", "service", "raw")  # in table order; the floors: bench/_floor_app.py
+PATH_LABELS = {
+    "http": "HTTP",
+    "plumbing": "app+raw",
+    "floor": "HTTP+raw",
+    "service": "service",
+    "raw": "raw SQL",
+}
+FLOOR_FACTORIES = {"floor": "create_app", "plumbing": "create_prepaid_app"}
 HOT_BALANCE = 10**15  # never runs out, whatever the run's length
 WALLET_BALANCE = 10**9
 SEED_BATCH = 2000
@@ -305,6 +315,51 @@ def _lot_moves(lot_id: str) -> str:
     return json.dumps([[lot_id, -1]])
 
 
+# The raw SQL debit on PostgreSQL, in the driver's own ``$n`` parameters: the raw SQL path runs it with asyncpg,
+# and the floor apps (bench/_floor_app.py) run the same statements, one through a SQLAlchemy session.
+PG_DEBIT_WALLET = (
+    "UPDATE ledger_account SET balance = balance - $1, updated_at = $3 "
+    "WHERE id = $2 AND balance >= $1 RETURNING balance"
+)
+PG_DEBIT_LOT = "UPDATE ledger_lot SET remaining = remaining - $1 WHERE id = $2 AND remaining >= $1"
+PG_DEBIT_TRANSACTION = (
+    "INSERT INTO ledger_transaction (id, kind, idempotency_key, request_hash, memo, metadata, "
+    "lot_moves, debt_change, created_at) "
+    "VALUES ($1, 'spend', $2, $3, 'bench', '{}'::jsonb, $4::jsonb, 0, $5)"
+)
+PG_DEBIT_POSTINGS = (
+    "INSERT INTO ledger_posting (transaction_id, account_id, asset, amount, created_at) "
+    "VALUES ($1, $2, $3, -$4::bigint, $5), ($1, $6, $3, $4::bigint, $5)"
+)
+
+
+async def pg_debit(
+    fetchval: Callable[..., Awaitable[Any]],
+    execute: Callable[..., Awaitable[Any]],
+    *,
+    wallet_id: str,
+    lot_id: str,
+    key: str,
+) -> bool:
+    """The raw SQL debit of 1 credit through a driver's ``fetchval`` and ``execute``, inside the caller's
+    transaction: False (nothing changed, so far) when the wallet cannot pay."""
+    now = datetime.now(UTC)
+    txn_id = new_id("txn")
+    if await fetchval(PG_DEBIT_WALLET, 1, wallet_id, now) is None:
+        return False
+    await execute(PG_DEBIT_LOT, 1, lot_id)
+    await execute(
+        PG_DEBIT_TRANSACTION,
+        txn_id,
+        key,
+        ledger.request_hash("spend", wallet=wallet_id, amount=1),
+        _lot_moves(lot_id),
+        now,
+    )
+    await execute(PG_DEBIT_POSTINGS, txn_id, wallet_id, CREDIT, 1, now, ledger.SYSTEM_ACCOUNTS["@usage"])
+    return True
+
+
 @contextlib.asynccontextmanager
 async def raw_postgres(
     url: str, *, concurrency: int, lots: dict[str, str], prefix: str
@@ -315,48 +370,15 @@ async def raw_postgres(
 
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
-    usage = ledger.SYSTEM_ACCOUNTS["@usage"]
 
     async def debit(worker: int, sequence: int, wallet_id: str) -> bool:
-        now = datetime.now(UTC)
-        txn_id = new_id("txn")
-        key = f"{prefix}-{worker}-{sequence}"
         try:
             async with pool.acquire() as conn, conn.transaction():
-                updated = await conn.fetchval(
-                    "UPDATE ledger_account SET balance = balance - $1, updated_at = $3 "
-                    "WHERE id = $2 AND balance >= $1 RETURNING balance",
-                    1,
-                    wallet_id,
-                    now,
-                )
-                if updated is None:
-                    raise Refused
-                await conn.execute(
-                    "UPDATE ledger_lot SET remaining = remaining - $1 WHERE id = $2 AND remaining >= $1",
-                    1,
-                    lots[wallet_id],
-                )
-                await conn.execute(
-                    "INSERT INTO ledger_transaction (id, kind, idempotency_key, request_hash, memo, metadata, "
-                    "lot_moves, debt_change, created_at) "
-                    "VALUES ($1, 'spend', $2, $3, 'bench', '{}'::jsonb, $4::jsonb, 0, $5)",
-                    txn_id,
-                    key,
-                    ledger.request_hash("spend", wallet=wallet_id, amount=1),
-                    _lot_moves(lots[wallet_id]),
-                    now,
-                )
-                await conn.execute(
-                    "INSERT INTO ledger_posting (transaction_id, account_id, asset, amount, created_at) "
-                    "VALUES ($1, $2, $3, -$4::bigint, $5), ($1, $6, $3, $4::bigint, $5)",
-                    txn_id,
-                    wallet_id,
-                    CREDIT,
-                    1,
-                    now,
-                    usage,
-                )
+                key = f"{prefix}-{worker}-{sequence}"
+                if not await pg_debit(
+                    conn.fetchval, conn.execute, wallet_id=wallet_id, lot_id=lots[wallet_id], key=key
+                ):
+                    raise Refused  # rolls the transaction back
         except Refused:
             return False
         return True
@@ -684,11 +706,13 @@ async def run(config: Config) -> Report:
                         PREPAID_DB_POOL_SIZE=str(max(1, -(-max(config.concurrency) // workers))),
                     )
                 )
-            if "floor" in config.paths:
-                _say(config, f"starting the HTTP floor app with {workers} worker(s) ...")
+            floors = [path for path in FLOOR_FACTORIES if path in config.paths]
+            if floors:
                 lots_file = folder / "floor-lots.json"
                 lots_file.write_text(json.dumps(lots))
-                servers["floor"] = stack.enter_context(
+            for path in floors:
+                _say(config, f"starting the {PATH_LABELS[path]} floor app with {workers} worker(s) ...")
+                servers[path] = stack.enter_context(
                     _server.serve_floor(
                         config.database_url,
                         workers=workers,
@@ -696,8 +720,9 @@ async def run(config: Config) -> Report:
                         root=ROOT,
                         lots=lots_file,
                         pool=max(1, -(-max(config.concurrency) // workers)),
-                        prefix=f"bench-{run_tag}-floor",
+                        prefix=f"bench-{run_tag}-{path}",
                         wait=False,
+                        factory=FLOOR_FACTORIES[path],
                     )
                 )
             for server in servers.values():  # started together, waited for in turn
@@ -738,7 +763,7 @@ async def _run_cell(
     prefix: str,
 ) -> Row:
     """One cell: warm up, then measure throughput, latencies and CPU over the measured part only."""
-    if path in ("http", "floor"):
+    if path in ("http", *FLOOR_FACTORIES):
         server = servers[path]
         meter = CpuMeter(server.worker_pids(), database=config.postgres_database)
         sample = await asyncio.to_thread(
@@ -885,7 +910,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument(
         "--paths",
         default=",".join(PATHS),
-        help="comma list of http, service, raw, and floor (a bare FastAPI route doing the raw SQL)",
+        help="comma list of http, service, raw, floor (a bare FastAPI route doing the raw SQL) and plumbing "
+        "(prepaid's app with that raw SQL as its debit; PostgreSQL)",
     )
     parser.add_argument(
         "--workers", type=int, default=None, help="server workers (default 2 on PostgreSQL, 1 on SQLite)"
@@ -893,6 +919,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--warmup", type=int, default=20, help="uncounted spends per client before each cell")
     parser.add_argument("--log-folder", type=Path, default=None, help="keep the server's log here")
     args = parser.parse_args(argv)
+    if "plumbing" in args.paths and not str(args.database_url or "").startswith("postgresql"):
+        parser.error(
+            "the plumbing path runs on PostgreSQL only (give --database-url postgresql+asyncpg://...)"
+        )
     seconds = args.seconds if args.seconds is not None or args.spends is not None else 10.0
     return Config(
         database_url=args.database_url or "",

@@ -131,6 +131,14 @@ async def _truncate_all(url: str) -> None:
         await engine.dispose()
 
 
+@pytest.fixture
+def empty_postgres_url(postgres_url: str) -> str:
+    """The session's PostgreSQL database emptied back to its migrated state, for a test that serves it from
+    other processes: what an earlier test of this session left (an offer, a slab) must not change its answers."""
+    run_blocking(lambda: asyncio.run(_truncate_all(postgres_url)))
+    return postgres_url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def engine_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)

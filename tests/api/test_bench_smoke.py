@@ -64,3 +64,37 @@ def test_ledger_benchmark_runs_every_path_and_leaves_the_books_clean(
     out = capsys.readouterr().out
     assert all(line in out for line in table)
     assert "prepaid check: clean" in out
+
+
+def test_ledger_benchmark_on_postgresql_runs_the_plumbing_floor_too(
+    empty_postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ``plumbing`` path (prepaid's app answering the debit with the raw SQL in the request's transaction)
+    is served beside prepaid and the bare floor, and every path's debits balance the books."""
+    config = bench_ledger.Config(
+        database_url=empty_postgres_url,
+        seconds=None,
+        spends=12,
+        concurrency=[3],
+        wallets=20,
+        warmup=2,
+        paths=["http", "plumbing", "floor", "service", "raw"],
+        folder=tmp_path,
+        progress=False,
+    )
+    report = run_blocking(lambda: bench_ledger.run_fast(bench_ledger.run(config)))
+
+    assert (report.engine, report.workers) == ("postgresql", 2)
+    assert [row.path for row in report.rows] == ["http", "plumbing", "floor", "service", "raw"] * 2
+    assert all(row.sample.count == 12 and row.sample.errors == 0 for row in report.rows)
+    assert report.breaches == []
+    labels = [line.split()[2] for line in bench_ledger.table_lines(report)[2:]]
+    assert labels == ["HTTP", "app+raw", "HTTP+raw", "service", "raw"] * 2
+    bench_ledger.print_report(report)
+    assert "prepaid check: clean" in capsys.readouterr().out
+
+
+def test_the_plumbing_path_is_refused_without_postgresql(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        bench_ledger.parse_args(["--paths", "http,plumbing"])
+    assert "PostgreSQL only" in capsys.readouterr().err

@@ -123,5 +123,7 @@ def test_the_bot_flow_on_sqlite(servers: ServerFactory) -> None:
 
 
 @pytest.mark.postgres
-def test_the_bot_flow_on_postgresql_with_two_workers(servers: ServerFactory, postgres_url: str) -> None:
-    bot_flow(servers.serve(database_url=postgres_url, workers=2, migrate=False, PREPAID_SIGNUP_CREDITS="3"))
+def test_the_bot_flow_on_postgresql_with_two_workers(servers: ServerFactory, empty_postgres_url: str) -> None:
+    bot_flow(
+        servers.serve(database_url=empty_postgres_url, workers=2, migrate=False, PREPAID_SIGNUP_CREDITS="3")
+    )

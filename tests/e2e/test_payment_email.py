@@ -65,11 +65,11 @@ def test_the_buyer_gets_the_payment_emails_with_the_amount_and_the_credits(
 
 @pytest.mark.postgres
 def test_two_workers_on_postgresql_send_one_success_email(
-    servers: ServerFactory, smtp: tuple[Inbox, int], postgres_url: str
+    servers: ServerFactory, smtp: tuple[Inbox, int], empty_postgres_url: str
 ) -> None:
     _inbox, port = smtp
     server = servers.serve(
-        database_url=postgres_url, workers=2, migrate=False, PREPAID_SMTP_URL=f"smtp://127.0.0.1:{port}"
+        database_url=empty_postgres_url, workers=2, migrate=False, PREPAID_SMTP_URL=f"smtp://127.0.0.1:{port}"
     )
     pay_and_read_the_emails(server, smtp[0])
 

@@ -60,10 +60,10 @@ def test_a_buyer_pays_on_the_sandbox_and_the_webhooks_grant_the_credits_once(ser
 
 
 @pytest.mark.postgres
-def test_two_workers_on_postgresql_grant_once(servers: ServerFactory, postgres_url: str) -> None:
+def test_two_workers_on_postgresql_grant_once(servers: ServerFactory, empty_postgres_url: str) -> None:
     """Two worker processes: each has a runner delivering webhooks and any of them answers each request."""
     buy_credits_on_the_sandbox(
-        servers.serve(database_url=postgres_url, workers=2, migrate=False, PREPAID_SANDBOX_CHAOS="1")
+        servers.serve(database_url=empty_postgres_url, workers=2, migrate=False, PREPAID_SANDBOX_CHAOS="1")
     )
 
 

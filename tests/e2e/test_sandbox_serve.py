@@ -123,9 +123,9 @@ def test_chaos_duplicates_are_accepted_by_a_real_server(servers: ServerFactory) 
 
 @pytest.mark.postgres
 def test_two_workers_on_postgresql_deliver_each_webhook_once(
-    servers: ServerFactory, postgres_url: str
+    servers: ServerFactory, empty_postgres_url: str
 ) -> None:
-    server = servers.serve(database_url=postgres_url, workers=2, migrate=False)
+    server = servers.serve(database_url=empty_postgres_url, workers=2, migrate=False)
     _gateway, order_ids, _signed = run_checkouts(server)
-    rows = wait_for_deliveries(postgres_url, order_ids, 3)
+    rows = wait_for_deliveries(empty_postgres_url, order_ids, 3)
     assert all(row.last_status_code == 200 and row.attempts == 1 for row in rows)

@@ -304,12 +304,12 @@ def _get_on_a_new_connection(url: str) -> int:
 
 
 def test_several_workers_on_postgresql_serve_and_metrics_add_up(
-    servers: ServerFactory, postgres_url: str, tmp_path: Path
+    servers: ServerFactory, empty_postgres_url: str, tmp_path: Path
 ) -> None:
     temp = tmp_path / "tmp"
     temp.mkdir()
     # `serve --workers 2` makes its own metrics folder; TMPDIR puts it where this test can look.
-    server = servers.serve(database_url=postgres_url, workers=2, migrate=False, TMPDIR=str(temp))
+    server = servers.serve(database_url=empty_postgres_url, workers=2, migrate=False, TMPDIR=str(temp))
     metrics_dirs = list(temp.glob("prepaid-metrics-*"))
     assert len(metrics_dirs) == 1, "serve --workers 2 did not set up a Prometheus multiprocess folder"
     scratch = tmp_path / "scratch"

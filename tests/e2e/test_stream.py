@@ -159,7 +159,7 @@ def test_the_handshake_checks_credentials_and_the_cookies_origin(servers: Server
 @pytest.mark.postgres
 @pytest.mark.parametrize("backend", ["listen_notify", "redis"])
 def test_an_event_caused_through_one_process_reaches_clients_of_the_others(
-    servers: ServerFactory, postgres_url: str, backend: str
+    servers: ServerFactory, empty_postgres_url: str, backend: str
 ) -> None:
     extra: dict[str, str] = {}
     if backend == "redis":
@@ -169,10 +169,10 @@ def test_an_event_caused_through_one_process_reaches_clients_of_the_others(
                 "the Redis stream test needs PREPAID_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379/15)"
             )
         extra["PREPAID_REDIS_URL"] = str(redis_url)
-    first = servers.serve(database_url=postgres_url, workers=2, migrate=False, **extra)
+    first = servers.serve(database_url=empty_postgres_url, workers=2, migrate=False, **extra)
     # the second process runs no jobs: the payment is settled through the first one only
     second = servers.serve(
-        database_url=postgres_url,
+        database_url=empty_postgres_url,
         migrate=False,
         PREPAID_RUN_JOBS="false",
         PREPAID_SECRET_KEY=first.env["PREPAID_SECRET_KEY"],  # one deployment: tokens work on both
@@ -205,7 +205,7 @@ def test_a_metered_sessions_tick_and_the_low_balance_alert_reach_only_their_owne
     servers: ServerFactory, request: pytest.FixtureRequest, engine: str
 ) -> None:
     if engine == "postgresql":  # the session's shared, migrated database: LISTEN/NOTIFY carries the events
-        server = servers.serve(database_url=request.getfixturevalue("postgres_url"), migrate=False)
+        server = servers.serve(database_url=request.getfixturevalue("empty_postgres_url"), migrate=False)
     else:
         server = servers.serve()
     shop = open_shop(server)
