@@ -31,12 +31,28 @@ async def _backends_waiting_on_locks(ledger: Ledger) -> int:
         return int(await session.scalar(_WAITING_ON_LOCKS) or 0)
 
 
-async def _spend_and_wait(ledger: Ledger, wallet: str, inside: asyncio.Event, finish: asyncio.Event) -> None:
-    """A spend whose transaction stays open (the wallet's row lock and gate held) until ``finish``."""
+async def _hold_open(
+    ledger: Ledger,
+    wallet: str,
+    inside: asyncio.Event,
+    finish: asyncio.Event,
+    *,
+    movement: str = "spend",
+    amount: int = 1,
+) -> None:
+    """A spend (or a grant) whose transaction stays open (the wallet's row lock, and a spend's gate, held) until
+    ``finish``."""
     async with ledger.db.transaction() as session:
-        await service.spend(session, wallet_id=wallet, amount=1, idempotency_key=new_key(), memo="")
+        make = service.grant if movement == "grant" else service.spend
+        await make(session, wallet_id=wallet, amount=amount, idempotency_key=new_key())
         inside.set()
         await finish.wait()
+
+
+async def _until_one_waits_on_a_lock(ledger: Ledger) -> None:
+    async with asyncio.timeout(20):
+        while await _backends_waiting_on_locks(ledger) != 1:
+            await asyncio.sleep(0.05)
 
 
 async def _still_waiting(task: Awaitable[object]) -> bool:
@@ -50,7 +66,7 @@ async def test_spends_on_one_wallet_wait_in_the_process_and_each_gets_its_turn(l
     await ledger.grant(wallet, 4)
     await ledger.grant(other, 1)
     inside, finish = asyncio.Event(), asyncio.Event()
-    first = asyncio.create_task(_spend_and_wait(ledger, wallet, inside, finish))
+    first = asyncio.create_task(_hold_open(ledger, wallet, inside, finish))
     await inside.wait()
 
     queued = [asyncio.create_task(ledger.spend(wallet, 1)) for _ in range(3)]
@@ -75,7 +91,7 @@ async def test_a_gate_held_too_long_is_passed_and_the_row_lock_decides(
     wallet = await ledger.wallet()
     await ledger.grant(wallet, 2)
     inside, finish = asyncio.Event(), asyncio.Event()
-    first = asyncio.create_task(_spend_and_wait(ledger, wallet, inside, finish))
+    first = asyncio.create_task(_hold_open(ledger, wallet, inside, finish))
     await inside.wait()
 
     second = asyncio.create_task(ledger.spend(wallet, 2))
@@ -110,9 +126,7 @@ async def test_a_transaction_that_holds_a_wallets_lock_never_waits_for_its_gate(
     first = asyncio.create_task(grant_then_spend())
     await locked.wait()
     second = asyncio.create_task(ledger.spend(wallet, 1))  # takes the gate, then waits for the row lock
-    async with asyncio.timeout(20):
-        while await _backends_waiting_on_locks(ledger) != 1:
-            await asyncio.sleep(0.05)
+    await _until_one_waits_on_a_lock(ledger)
     finish.set()
 
     async with asyncio.timeout(20):  # without the rule, the first would wait 60 s for the second's gate
@@ -121,28 +135,16 @@ async def test_a_transaction_that_holds_a_wallets_lock_never_waits_for_its_gate(
     assert ledger.db._wallet_gates() == {}
 
 
-async def _hold_open(
-    ledger: Ledger, movement: str, wallet: str, amount: int, inside: asyncio.Event, finish: asyncio.Event
-) -> None:
-    """A grant or a spend whose transaction keeps the wallet's row lock until ``finish``."""
-    async with ledger.db.transaction() as session:
-        make = service.grant if movement == "grant" else service.spend
-        await make(session, wallet_id=wallet, amount=amount, idempotency_key=new_key())
-        inside.set()
-        await finish.wait()
-
-
-async def _after_the_lock_is_granted(
-    ledger: Ledger, movement: str, wallet: str, amount: int
+async def _spend_after_the_lock_is_granted(
+    ledger: Ledger, wallet: str, spend: int, *, meanwhile: str, amount: int
 ) -> service.Movement:
-    """Runs a spend of 2 or 6 that waits on the wallet's row lock while ``movement`` commits, and returns it."""
+    """A spend of ``spend`` that waits on the wallet's row lock while a ``meanwhile`` movement of ``amount``
+    commits."""
     inside, finish = asyncio.Event(), asyncio.Event()
-    first = asyncio.create_task(_hold_open(ledger, movement, wallet, amount, inside, finish))
+    first = asyncio.create_task(_hold_open(ledger, wallet, inside, finish, movement=meanwhile, amount=amount))
     await inside.wait()
-    second = asyncio.create_task(ledger.spend(wallet, 6 if movement == "grant" else 2))
-    async with asyncio.timeout(20):
-        while await _backends_waiting_on_locks(ledger) != 1:
-            await asyncio.sleep(0.05)
+    second = asyncio.create_task(ledger.spend(wallet, spend))
+    await _until_one_waits_on_a_lock(ledger)
     finish.set()
     await first
     return await second
@@ -155,7 +157,7 @@ async def test_a_spend_that_waited_for_the_lock_spends_a_lot_granted_meanwhile(l
     wallet = await ledger.wallet()
     await ledger.grant(wallet, 2)
 
-    spent = await _after_the_lock_is_granted(ledger, "grant", wallet, 5)
+    spent = await _spend_after_the_lock_is_granted(ledger, wallet, 6, meanwhile="grant", amount=5)
 
     assert spent.balances[wallet].balance == 1
     account = await ledger.account(wallet)
@@ -171,7 +173,7 @@ async def test_a_spend_that_waited_for_the_lock_skips_a_lot_emptied_meanwhile(le
     await ledger.grant(wallet, 3)
     await ledger.grant(wallet, 3)
 
-    spent = await _after_the_lock_is_granted(ledger, "spend", wallet, 3)
+    spent = await _spend_after_the_lock_is_granted(ledger, wallet, 2, meanwhile="spend", amount=3)
 
     assert spent.balances[wallet].balance == 1
     assert [lot.remaining for lot in await ledger.lots(wallet)] == [0, 1]

@@ -12,6 +12,7 @@ that status page and to paying (again), so pages that know only the order id can
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any
@@ -205,9 +206,10 @@ async def buy_page(
     return render(request, "shop/buy.html", context, settings=settings, principal=principal)
 
 
-async def _own_order(session: Session, principal: PageUser, order_id: str) -> PaymentOrder | None:
+async def _own_order(principal: PageUser, find: Awaitable[PaymentOrder]) -> PaymentOrder | None:
+    """The order ``find`` reads, if there is one and it is this user's."""
     try:
-        order = await payments_service.get_order(session, order_id)
+        order = await find
     except NotFound:
         return None
     return order if order.user_id == principal.user.id else None
@@ -231,11 +233,8 @@ async def attempt_pay(
     request: Request, attempt_id: OrderPath, principal: PageUser, session: Session, settings: SettingsDep
 ) -> Response:
     """``Try again`` on a gateway's return page, which knows the payment attempt and names no order."""
-    try:
-        order: PaymentOrder | None = await payments_service.order_of_attempt(session, attempt_id)
-    except NotFound:
-        order = None
-    if order is None or order.user_id != principal.user.id:
+    order = await _own_order(principal, payments_service.order_of_attempt(session, attempt_id))
+    if order is None:
         return _no_order(request, settings, principal)
     return _pay(settings, order)
 
@@ -245,7 +244,7 @@ async def order_status(
     request: Request, order_id: OrderPath, principal: PageUser, session: Session, settings: SettingsDep
 ) -> Response:
     """The signed-in owner's way to the order's status page (the page itself is reached by a signed link)."""
-    order = await _own_order(session, principal, order_id)
+    order = await _own_order(principal, payments_service.get_order(session, order_id))
     if order is None:
         return _no_order(request, settings, principal)
     return RedirectResponse(checkout_pages.status_url(settings, order.id), status_code=303)
@@ -257,7 +256,7 @@ async def order_pay(
 ) -> Response:
     """Pay the owner's order (again): its signed checkout page opens the gateway while the order waits for a
     payment, offers another try once it failed or expired, and shows the status once it is paid."""
-    order = await _own_order(session, principal, order_id)
+    order = await _own_order(principal, payments_service.get_order(session, order_id))
     if order is None:
         return _no_order(request, settings, principal)
     return _pay(settings, order)
